@@ -1,0 +1,24 @@
+"""mylosses: every torch.nn loss written from scratch as an autograd.Function.
+
+``mylosses.<Name>`` replaces ``torch.nn.<Name>``, ``mylosses.functional.<fn>`` replaces
+``torch.nn.functional.<fn>``; ``swap_modules`` and ``patch_torch`` put them into existing code.
+(Re-exports only: each loss lives in its own file under ``mylosses/losses/``.)
+"""
+
+from mylosses import functional
+from mylosses._patch import patch_torch, swap_modules
+from mylosses.losses.huber import HuberLoss
+from mylosses.losses.l1 import L1Loss
+from mylosses.losses.mse import MSELoss
+from mylosses.losses.smooth_l1 import SmoothL1Loss
+
+__all__ = [
+    "HuberLoss",
+    "L1Loss",
+    "MSELoss",
+    "SmoothL1Loss",
+    "functional",
+    "patch_torch",
+    "swap_modules",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,82 @@
+"""How every loss calls its autograd.Function, and the gradient a forward may leave for backward.
+
+Two pieces of plumbing that every loss shares; the loss files hold the maths.
+
+**The fast path into a Function.** ``Function.apply`` of a Function with ``setup_context`` binds
+its arguments to ``forward``'s signature with ``inspect.signature(...).bind`` on every call. For
+a loss on a batch of 8 that alone costs as much as torch's whole MSE. Our functionals always pass
+every argument positionally, so the binding has nothing to do; :func:`apply` skips it and calls
+the C++ ``apply`` directly, unless a functorch transform (vmap, grad, jacrev, ...) or
+``torch.compile`` is active, where the full ``Function.apply`` is needed and used.
+
+**Evaluation skips autograd.** When grad mode is off or no argument requires grad, there is no
+backward to prepare: :func:`needs_autograd` says so and the functional computes the loss
+directly, without building a graph node.
+
+**A gradient computed in forward, used once.** Loss functions are memory bound: the cheapest
+backward is the one already done. When an input requires grad, a loss's forward may compute
+``d loss / d input`` (before the upstream gradient is known) into the one full-size buffer it
+allocated anyway, and hand it to backward with :func:`stash_gradient`. Backward then scales it in
+place by the upstream gradient and returns it, so the whole forward+backward touches one
+full-size buffer, which autograd then moves into ``.grad`` without a copy.
+
+That buffer can be used once only. :func:`take_gradient` hands it out and forgets it; a second
+backward through the same graph (``retain_graph=True``) gets None and must recompute the gradient
+from the saved inputs, as must a backward that builds a graph (``create_graph=True``, double
+backward): an in-place buffer has no history to differentiate, so the loss recomputes the
+gradient with differentiable ops from its saved inputs. Each loss's backward has exactly these
+two branches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.autograd import Function
+
+_transforms_active = torch._C._are_functorch_transforms_active
+_is_compiling = torch.compiler.is_compiling
+
+
+def apply(fn: type[Function], *args: Any) -> Any:
+    """``fn.apply(*args)`` for positional arguments, without the per-call signature binding."""
+    if _transforms_active() or _is_compiling():
+        return fn.apply(*args)
+    return super(Function, fn).apply(*args)  # type: ignore[misc]
+
+
+def needs_autograd(*tensors: torch.Tensor | None) -> bool:
+    """Whether a call must build a graph node: grad mode is on and some tensor requires grad.
+
+    Inside a functorch transform the answer is always yes: ``torch.func.grad`` tracks tensors
+    whose ``requires_grad`` we cannot see from here, and the Function must be there for it.
+    """
+    if _transforms_active():
+        return True
+    if not torch.is_grad_enabled():
+        return False
+    return any(t is not None and t.requires_grad for t in tensors)
+
+
+def may_precompute() -> bool:
+    """Whether forward may stash a gradient for backward (not under functorch or compile).
+
+    Transforms and the compiler run forward as a pure function and trace backward separately;
+    the one-shot buffer is an eager-mode optimisation only.
+    """
+    return not (_transforms_active() or _is_compiling())
+
+
+def stash_gradient(ctx: Any, grad: torch.Tensor | None) -> None:
+    """Keep a gradient computed in forward for one use in backward (see the module docstring)."""
+    ctx.stashed_gradient = grad
+
+
+def take_gradient(ctx: Any) -> torch.Tensor | None:
+    """The stashed gradient, once; None after the first call or when backward builds a graph."""
+    grad = getattr(ctx, "stashed_gradient", None)
+    ctx.stashed_gradient = None
+    if grad is None or torch.is_grad_enabled():
+        return None
+    return grad

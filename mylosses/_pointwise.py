@@ -1,0 +1,243 @@
+r"""The machinery shared by the elementwise regression losses (L1, MSE, Huber, SmoothL1).
+
+Each of these losses is a function of the difference alone,
+
+.. math::
+
+    l_n = \phi(d_n), \qquad d = x - y,
+
+with ``x`` the input and ``y`` the target (broadcast against each other), optionally weighted
+(:math:`w_n \phi(d_n)`, torch 2.13's functional ``weight=``) and then reduced. By the chain rule
+every gradient follows from :math:`\phi'`:
+
+.. math::
+
+    \frac{\partial \ell}{\partial x_n} = g_n\, w_n\, \phi'(d_n), \qquad
+    \frac{\partial \ell}{\partial y_n} = -\frac{\partial \ell}{\partial x_n}, \qquad
+    \frac{\partial \ell}{\partial w_n} = g_n\, \phi(d_n)\ (-\text{the mean's share, see below}),
+
+where :math:`g_n` is the upstream gradient times the reduction's factor (1 for 'sum', 1/N for
+'mean', the elementwise upstream gradient for 'none'). Where ``x`` or ``y`` was broadcast, its
+gradient is summed back to its own shape.
+
+A loss file supplies :math:`\phi` (``value``), :math:`\phi'` (``derivative``, differentiable so
+that double backward works) and an in-place :math:`\phi'` (``derivative_``) on a subclass of
+:class:`PointwiseLoss`; this module does the rest once.
+
+**Speed.** torch's kernels read ``x`` and ``y`` and write an elementwise loss in forward, then
+read ``x`` and ``y`` again and write the gradient in backward (L1 is a chain of four nodes). We
+allocate one buffer ``d`` and walk it in cache-sized blocks: ``d = x - y``, add
+:math:`\sum\phi(d)` to the loss, then overwrite the block with :math:`\phi'(d)` times the
+reduction factor, while the block is still in cache. Backward multiplies that buffer in place by
+the upstream gradient and returns it (see ``mylosses/_function.py`` for why this is safe). One
+full-size buffer, about one pass over memory in each direction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.autograd import Function
+
+from mylosses import _function, _reduction, _validation
+from mylosses._reduction import MEAN, NONE
+
+# Elements per block: 64K float32 values are 256 KiB, which stays in a core's L2 cache between
+# the subtraction, the loss and the derivative of a block.
+BLOCK = 1 << 16
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float16 and bfloat16 are computed in float32 (torch accumulates them in float32 too)."""
+    return torch.float32 if dtype in _HALF else dtype
+
+
+class PointwiseLoss(Function):
+    """Base of the elementwise regression Functions.
+
+    ``forward(input, target, weight, reduction, param, precompute)`` returns
+    ``(loss, stashed_gradient_or_None)``; the second output is an implementation detail that the
+    functional drops. Subclasses set ``kernel`` (torch's kernel name, for dtype errors),
+    ``complex_ok``, ``weighted_mean_by_weight_sum`` and the three static methods below.
+    """
+
+    generate_vmap_rule = True
+
+    kernel = ""
+    complex_ok = False
+    # torch's weighted 'mean': sum(w*l)/sum(w) for l1 and mse, but mean(w*l) for huber.
+    weighted_mean_by_weight_sum = True
+
+    @staticmethod
+    def value(d: torch.Tensor, param: float) -> torch.Tensor:
+        """phi(d), elementwise, out of place."""
+        raise NotImplementedError
+
+    @staticmethod
+    def derivative(d: torch.Tensor, param: float) -> torch.Tensor:
+        """phi'(d), elementwise, with differentiable ops (used by double backward)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def derivative_(d: torch.Tensor, param: float, scale: float) -> torch.Tensor:
+        """Overwrite ``d`` with scale * phi'(d) and return it (the fast path)."""
+        raise NotImplementedError
+
+    # -- forward -------------------------------------------------------------------------------
+
+    @classmethod
+    def forward(  # type: ignore[override]
+        cls,
+        input: torch.Tensor,
+        target: torch.Tensor,
+        weight: torch.Tensor | None,
+        reduction: int,
+        param: float,
+        precompute: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out_dtype = cls.result_dtype(input, target, weight)
+        if weight is None and precompute:
+            loss, grad = cls._fused(input, target, reduction, param)
+            return loss.to(out_dtype), grad
+        loss = cls.value(_difference(input, target), param)
+        normalizer = None
+        if weight is not None:
+            loss = loss * weight
+            normalizer = cls._weighted_normalizer(weight)
+        return _reduction.apply_reduction(loss, reduction, normalizer).to(out_dtype), None
+
+    @classmethod
+    def result_dtype(
+        cls, input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
+    ) -> torch.dtype:
+        """torch's result dtype: input and target promoted (real for complex), then the weight."""
+        dtype = _real(torch.promote_types(input.dtype, target.dtype))
+        if weight is not None:
+            dtype = torch.promote_types(dtype, weight.dtype)
+        return dtype
+
+    @classmethod
+    def _weighted_normalizer(cls, weight: torch.Tensor) -> torch.Tensor | None:
+        """What a weighted 'mean' divides by: the weights' sum, or (None) the element count."""
+        return weight.sum() if cls.weighted_mean_by_weight_sum else None
+
+    @classmethod
+    def _fused(
+        cls, input: torch.Tensor, target: torch.Tensor, reduction: int, param: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss, and scale * phi'(d) in one buffer, block by block (see the module docstring)."""
+        shape = _validation.broadcast_shape(input, target)
+        work = compute_dtype(torch.promote_types(input.dtype, target.dtype))
+        d = torch.empty(shape, dtype=work, device=input.device)
+        blocked = (
+            reduction != NONE
+            and input.shape == shape
+            and target.shape == shape
+            and input.is_contiguous()
+            and target.is_contiguous()
+        )
+        if not blocked:
+            torch.sub(input, target, out=d)
+        if reduction == NONE:
+            # The elementwise loss is an output of its own; the derivative goes into d.
+            return cls.value(d, param), cls.derivative_(d, param, 1.0)
+        scale = _reduction.reduction_scale(reduction, d.numel())
+        flat, x, y = d.view(-1), input.view(-1), target.view(-1)
+        partials = []
+        for start in range(0, flat.numel(), BLOCK):
+            block = flat[start : start + BLOCK]
+            if blocked:
+                torch.sub(x[start : start + BLOCK], y[start : start + BLOCK], out=block)
+            partials.append(cls.value(block, param).sum())
+            cls.derivative_(block, param, scale)
+        if not partials:  # an empty input: the sum is 0, the mean 0/0 = nan
+            partials.append(d.new_zeros((), dtype=_real(work)))
+        total = torch.stack(partials).sum()
+        if reduction == MEAN:
+            total = total / d.numel()
+        return total, d
+
+    # -- autograd ------------------------------------------------------------------------------
+
+    @classmethod
+    def setup_context(cls, ctx: Any, inputs: tuple, output: tuple) -> None:  # type: ignore[override]
+        input, target, weight, reduction, param, _ = inputs
+        _, grad = output
+        if grad is not None:
+            ctx.mark_non_differentiable(grad)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(input, target, weight)
+        ctx.reduction = reduction
+        ctx.param = param
+        _function.stash_gradient(ctx, grad)
+
+    @classmethod
+    def backward(cls, ctx: Any, grad_loss: torch.Tensor | None, _: Any) -> tuple:  # type: ignore[override]
+        input, target, weight = ctx.saved_tensors
+        if grad_loss is None:
+            return (None,) * 6
+        need_input, need_target, need_weight = ctx.needs_input_grad[:3]
+        reduction, param = ctx.reduction, ctx.param
+        grad_d = _function.take_gradient(ctx)
+        grad_weight = None
+        if grad_d is not None:
+            # Forward left scale * phi'(d) in a buffer of ours; only the upstream gradient is
+            # missing, and it goes in in place.
+            grad_d = grad_d.mul_(grad_loss)
+        else:
+            # Recompute with differentiable ops: double backward, or a second backward.
+            d = _difference(input, target)
+            normalizer = None if weight is None else cls._weighted_normalizer(weight)
+            g = _reduction.expand_grad(grad_loss, reduction, d.shape, normalizer)
+            if weight is not None:
+                if need_weight:
+                    phi = cls.value(d, param)
+                    if reduction == MEAN and normalizer is not None:
+                        # l = sum(w phi) / W with W = sum(w): dl/dw_n = (phi_n - l) / W
+                        phi = phi - (weight * phi).sum() / normalizer
+                    grad_weight = _sum_to(phi * g, weight)
+                g = g * weight
+            grad_d = cls.derivative(d, param) * g
+        grad_input = _sum_to(grad_d, input) if need_input else None
+        grad_target = _sum_to(-grad_d, target) if need_target else None
+        return grad_input, grad_target, grad_weight, None, None, None
+
+
+def _real(dtype: torch.dtype) -> torch.dtype:
+    """The real dtype of a complex one (the loss of a complex difference is real)."""
+    return {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(dtype, dtype)
+
+
+def _difference(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """d = input - target, broadcast, in the compute dtype (float32 for half types)."""
+    work = compute_dtype(torch.promote_types(input.dtype, target.dtype))
+    return input.to(work) - target.to(work)
+
+
+def _sum_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A gradient summed over the dimensions ``like`` was broadcast along, in ``like``'s dtype."""
+    if grad.shape != like.shape:
+        grad = grad.sum_to_size(like.shape)
+    if grad.dtype != like.dtype:
+        grad = grad.to(like.dtype)
+    return grad
+
+
+def pointwise_loss(
+    fn: type[PointwiseLoss],
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    reduction: int,
+    param: float,
+) -> torch.Tensor:
+    """Check dtypes, then run ``fn``: directly in evaluation, through autograd otherwise."""
+    dtype = torch.promote_types(input.dtype, target.dtype)
+    _validation.check_kernel_dtype(fn.kernel, dtype, input.device, complex_ok=fn.complex_ok)
+    if not _function.needs_autograd(input, target, weight):
+        return fn.forward(input, target, weight, reduction, param, False)[0]
+    precompute = _function.may_precompute()
+    return _function.apply(fn, input, target, weight, reduction, param, precompute)[0]

@@ -1,0 +1,8 @@
+"""Drop-in replacements for the loss functions of ``torch.nn.functional`` (re-exports only)."""
+
+from mylosses.losses.huber import huber_loss
+from mylosses.losses.l1 import l1_loss
+from mylosses.losses.mse import mse_loss
+from mylosses.losses.smooth_l1 import smooth_l1_loss
+
+__all__ = ["huber_loss", "l1_loss", "mse_loss", "smooth_l1_loss"]

@@ -1,0 +1,108 @@
+r"""Huber loss: ``HuberLoss`` / ``huber_loss``.
+
+Quadratic near zero, linear far from it, with the threshold :math:`\delta > 0` (``delta``) and
+:math:`d = x - y`:
+
+.. math::
+
+    l_n = w_n \begin{cases} \tfrac12 d_n^2 & |d_n| < \delta \\
+          \delta\,(|d_n| - \tfrac12\delta) & \text{otherwise} \end{cases}
+
+reduced by 'none', 'sum' or 'mean'. The weighted 'mean' (torch 2.13's functional ``weight=``)
+is the plain mean of :math:`w_n \phi(d_n)`: it divides by N, not by the weights' sum as
+``mse_loss`` and ``l1_loss`` do.
+
+Backward: both branches meet with slope :math:`\pm\delta` at :math:`|d| = \delta`, and
+
+.. math::
+
+    \phi'(d) = \begin{cases} d & |d| < \delta \\ \delta \operatorname{sign}(d) & \text{otherwise}
+    \end{cases} = \operatorname{clamp}(d, -\delta, \delta),
+
+so :math:`\partial\ell/\partial x_n = -\partial\ell/\partial y_n = \operatorname{clamp}(d_n,
+-\delta, \delta)\, w_n g_n`. The second derivative is 1 inside the band and 0 outside.
+
+Surprises in torch: the result has the *input's* dtype, not the promoted one (a float32 input
+with a float64 target gives float32; an integer input with a float target is an error), and
+torch's own backward fails on that mixed-dtype case ("Found dtype Double but expected Float");
+ours returns each gradient in its input's dtype. ``HuberLoss`` takes no legacy
+``size_average``/``reduce``. ``delta <= 0`` is a RuntimeError.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mylosses import _reduction, _validation
+from mylosses._pointwise import PointwiseLoss, pointwise_loss
+
+__all__ = ["HuberLoss", "huber_loss"]
+
+
+class _Huber(PointwiseLoss):
+    kernel = "huber"
+    weighted_mean_by_weight_sum = False
+
+    @staticmethod
+    def value(d: torch.Tensor, param: float) -> torch.Tensor:
+        delta = param
+        z = d.abs()
+        return torch.where(z < delta, 0.5 * d * d, delta * (z - 0.5 * delta))
+
+    @staticmethod
+    def derivative(d: torch.Tensor, param: float) -> torch.Tensor:
+        return d.clamp(-param, param)
+
+    @staticmethod
+    def derivative_(d: torch.Tensor, param: float, scale: float) -> torch.Tensor:
+        return d.clamp_(-param, param).mul_(scale)
+
+    @classmethod
+    def result_dtype(cls, input, target, weight):  # noqa: ANN001, ANN206
+        dtype = input.dtype  # torch writes into a tensor of the input's dtype
+        if weight is not None:
+            dtype = torch.promote_types(dtype, weight.dtype)
+        return dtype
+
+
+def huber_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    reduction: str = "mean",
+    delta: float = 1.0,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The Huber loss between ``input`` and ``target``; see :class:`torch.nn.HuberLoss`.
+
+    >>> import torch, mylosses
+    >>> mylosses.functional.huber_loss(torch.tensor([0.5, 3.0]), torch.tensor([0.0, 0.0]))
+    tensor(1.3125)
+    """
+    _validation.warn_if_size_mismatch(input, target)
+    _validation.broadcast_shape(input, target)
+    if weight is None:
+        red = _reduction.get_enum(reduction)
+        _check(input, target, delta)
+    else:
+        _validation.check_weight_matches_input(weight, input)
+        _check(input, target, delta)  # torch computes the unreduced loss before this check
+        red = _reduction.get_weighted_enum(reduction)
+    return pointwise_loss(_Huber, input, target, weight, red, delta)
+
+
+def _check(input: torch.Tensor, target: torch.Tensor, delta: float) -> None:
+    if delta <= 0:
+        raise RuntimeError("huber_loss does not support non-positive values for delta.")
+    dtype = torch.promote_types(input.dtype, target.dtype)
+    if dtype.is_floating_point and not input.dtype.is_floating_point:
+        raise RuntimeError(
+            f"result type {_validation.scalar_type_name(dtype)} can't be cast to the desired "
+            f"output type {_validation.scalar_type_name(input.dtype)}"
+        )
+
+
+class HuberLoss(torch.nn.HuberLoss):
+    __doc__ = torch.nn.HuberLoss.__doc__
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return huber_loss(input, target, reduction=self.reduction, delta=self.delta)

@@ -1,0 +1,86 @@
+r"""Smooth L1 loss: ``SmoothL1Loss`` / ``smooth_l1_loss``.
+
+Huber's loss divided by its threshold, :math:`\beta \ge 0` (``beta``), with :math:`d = x - y`:
+
+.. math::
+
+    l_n = \begin{cases} \tfrac12 d_n^2 / \beta & |d_n| < \beta \\
+          |d_n| - \tfrac12\beta & \text{otherwise} \end{cases}
+    \;=\; \operatorname{huber}_\beta(d_n) / \beta,
+
+reduced by 'none', 'sum' or 'mean'. Its linear part has slope 1 whatever :math:`\beta`, so
+:math:`\beta \to 0` is the L1 loss, and torch computes ``beta == 0`` as exactly that (we do too).
+
+Backward:
+
+.. math::
+
+    \phi'(d) = \begin{cases} d/\beta & |d| < \beta \\ \operatorname{sign}(d) & \text{otherwise}
+    \end{cases} = \operatorname{clamp}(d/\beta, -1, 1),
+
+so :math:`\partial\ell/\partial x_n = -\partial\ell/\partial y_n = \phi'(d_n)\, g_n`.
+
+Surprises in torch: unlike ``huber_loss`` it promotes input and target to a common dtype and
+accepts the legacy ``size_average``/``reduce``; it has no ``weight=``; a negative ``beta`` is a
+RuntimeError.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mylosses import _reduction, _validation
+from mylosses._pointwise import PointwiseLoss, pointwise_loss
+from mylosses.losses.l1 import l1_core
+
+__all__ = ["SmoothL1Loss", "smooth_l1_loss"]
+
+
+class _SmoothL1(PointwiseLoss):
+    kernel = "smooth_l1"
+
+    @staticmethod
+    def value(d: torch.Tensor, param: float) -> torch.Tensor:
+        beta = param
+        z = d.abs()
+        return torch.where(z < beta, (0.5 / beta) * d * d, z - 0.5 * beta)
+
+    @staticmethod
+    def derivative(d: torch.Tensor, param: float) -> torch.Tensor:
+        return (d / param).clamp(-1.0, 1.0)
+
+    @staticmethod
+    def derivative_(d: torch.Tensor, param: float, scale: float) -> torch.Tensor:
+        return d.clamp_(-param, param).mul_(scale / param)
+
+
+def smooth_l1_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    beta: float = 1.0,
+) -> torch.Tensor:
+    """The smooth L1 loss between ``input`` and ``target``; see :class:`torch.nn.SmoothL1Loss`.
+
+    >>> import torch, mylosses
+    >>> mylosses.functional.smooth_l1_loss(torch.tensor([0.5, 3.0]), torch.tensor([0.0, 0.0]))
+    tensor(1.3125)
+    """
+    _validation.warn_if_size_mismatch(input, target)
+    reduction = _reduction.resolve(size_average, reduce, reduction)
+    _validation.broadcast_shape(input, target)
+    red = _reduction.get_enum(reduction)
+    if beta == 0.0:
+        return l1_core(input, target, None, red)
+    if beta < 0:
+        raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
+    return pointwise_loss(_SmoothL1, input, target, None, red, beta)
+
+
+class SmoothL1Loss(torch.nn.SmoothL1Loss):
+    __doc__ = torch.nn.SmoothL1Loss.__doc__
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta)
