@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -52,7 +53,7 @@ def patch_torch() -> Iterator[None]:
     Names that code imported before the block (``from torch.nn import MSELoss``) keep what they
     were bound to. torch is restored on exit, also when the block raises.
     """
-    saved: list[tuple[object, str, object]] = []
+    saved: list[tuple[Any, str, Any]] = []
     try:
         for entry in _registry.entries():
             for space in _MODULE_NAMESPACES:

@@ -59,15 +59,13 @@ def get_weighted_enum(reduction: str) -> int:
     """
     if reduction in ("none", "mean", "sum"):
         return {"none": NONE, "mean": MEAN, "sum": SUM}[reduction]
-    raise ValueError(
-        f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', 'sum'."
-    )
+    raise ValueError(f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', 'sum'.")
 
 
 def legacy_get_string(
     size_average: bool | None, reduce: bool | None, emit_warning: bool = True
 ) -> str:
-    """Map the deprecated ``size_average``/``reduce`` pair to a reduction name, with torch's warning.
+    """Map the deprecated ``size_average``/``reduce`` pair to a reduction name; warns as torch.
 
     ``reduce=False`` wins over everything ('none'); otherwise ``size_average=False`` means 'sum';
     an argument left as None counts as True.
@@ -131,7 +129,7 @@ def expand_grad(
     shape: torch.Size,
     normalizer: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
-    """The gradient of the reduction: ``d reduced / d l`` times the upstream ``grad``, shaped ``shape``.
+    """The gradient of the reduction, ``d reduced / d l`` times the upstream ``grad``, as ``shape``.
 
     For 'none' the upstream gradient already has the loss's shape. For 'sum'/'mean' it is a
     scalar, broadcast back over the elements (as a view, no copy) and, for 'mean', divided by the

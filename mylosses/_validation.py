@@ -56,7 +56,7 @@ def broadcast_shape(input: torch.Tensor, target: torch.Tensor) -> torch.Size:
 
 
 def check_weight_matches_input(weight: torch.Tensor, input: torch.Tensor) -> None:
-    """The functional ``weight=`` of l1/mse/huber must have the input's exact size (no broadcast)."""
+    """The functional ``weight=`` of l1/mse/huber must have the input's exact size."""
     if weight.size() != input.size():
         raise ValueError("Weights and input must have the same size.")
 
@@ -71,6 +71,5 @@ def check_kernel_dtype(name: str, dtype: torch.dtype, device: torch.device, *, c
     if dtype.is_floating_point or (complex_ok and dtype.is_complex):
         return
     raise NotImplementedError(
-        f'"{name}_{device.type}" not implemented for \'{scalar_type_name(dtype)}\''
+        f"\"{name}_{device.type}\" not implemented for '{scalar_type_name(dtype)}'"
     )
-

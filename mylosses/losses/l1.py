@@ -53,6 +53,14 @@ class _L1(PointwiseLoss):
     def derivative_(d: torch.Tensor, param: float, scale: float) -> torch.Tensor:
         return d.sgn_().mul_(scale)
 
+    @classmethod
+    def fused_block_(
+        cls, d: torch.Tensor, param: float, scale: float, scratch: torch.Tensor | None
+    ) -> torch.Tensor:
+        total = torch.abs(d, out=scratch).sum()
+        d.sgn_().mul_(scale)
+        return total
+
 
 def l1_loss(
     input: torch.Tensor,

@@ -31,6 +31,7 @@ import torch
 
 from mylosses import _reduction, _validation
 from mylosses._pointwise import PointwiseLoss, pointwise_loss
+from mylosses.losses.huber import huber_block_
 from mylosses.losses.l1 import l1_core
 
 __all__ = ["SmoothL1Loss", "smooth_l1_loss"]
@@ -41,17 +42,23 @@ class _SmoothL1(PointwiseLoss):
 
     @staticmethod
     def value(d: torch.Tensor, param: float) -> torch.Tensor:
-        beta = param
-        z = d.abs()
-        return torch.where(z < beta, (0.5 / beta) * d * d, z - 0.5 * beta)
+        # huber_beta(d) / beta, in huber.py's branch-free form c (d - c/2) / beta
+        c = d.clamp(-param, param)
+        return c * (d - 0.5 * c) / param
 
     @staticmethod
     def derivative(d: torch.Tensor, param: float) -> torch.Tensor:
-        return (d / param).clamp(-1.0, 1.0)
+        return (d / param).clamp(-1.0, 1.0)  # phi'(d) = clamp(d / beta, -1, 1)
 
     @staticmethod
     def derivative_(d: torch.Tensor, param: float, scale: float) -> torch.Tensor:
         return d.clamp_(-param, param).mul_(scale / param)
+
+    @classmethod
+    def fused_block_(
+        cls, d: torch.Tensor, param: float, scale: float, scratch: torch.Tensor | None
+    ) -> torch.Tensor:
+        return huber_block_(d, param, scale / param, scratch) / param
 
 
 def smooth_l1_loss(
