@@ -152,6 +152,7 @@ class PointwiseLoss(Function):
         blocked = (
             reduction != NONE
             and n > BLOCK
+            and work == promoted
             and input.shape == shape
             and target.shape == shape
             and input.is_contiguous()
@@ -159,10 +160,12 @@ class PointwiseLoss(Function):
         )
         if blocked:
             d = torch.empty(shape, dtype=work, device=input.device)
-        elif work == promoted:
-            d = input - target
         else:
-            d = torch.sub(input, target, out=torch.empty(shape, dtype=work, device=input.device))
+            # (Upcasting half types before subtracting matters: a float32 ``out=`` of a bfloat16
+            # subtraction would still round the difference to bfloat16.)
+            d = _difference(input, target)
+            if not d.is_contiguous():  # a transposed input gives a transposed d
+                d = d.contiguous()
         if reduction == NONE:
             # The elementwise loss is an output of its own; the derivative goes into d.
             return cls.value(d, param), cls.derivative_(d, param, 1.0)

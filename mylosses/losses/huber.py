@@ -53,7 +53,11 @@ class _Huber(PointwiseLoss):
 
     @staticmethod
     def derivative(d: torch.Tensor, param: float) -> torch.Tensor:
-        return d.clamp(-param, param)  # phi'(d) = clamp(d, -delta, delta)
+        # phi'(d) = clamp(d, -delta, delta), written so that its own derivative (double backward)
+        # is torch's: 1 strictly inside the band, 0 at |d| == delta (clamp's would be 1 there).
+        # The outer branch is the constant +-delta (detached: its derivative is 0), and NaN
+        # stays NaN as in torch.
+        return torch.where(d.abs() < param, d, d.clamp(-param, param).detach())
 
     @staticmethod
     def derivative_(d: torch.Tensor, param: float, scale: float) -> torch.Tensor:

@@ -48,7 +48,10 @@ class _SmoothL1(PointwiseLoss):
 
     @staticmethod
     def derivative(d: torch.Tensor, param: float) -> torch.Tensor:
-        return (d / param).clamp(-1.0, 1.0)  # phi'(d) = clamp(d / beta, -1, 1)
+        # phi'(d) = clamp(d / beta, -1, 1), written so that its own derivative (double backward)
+        # is torch's: 1/beta strictly inside the band, 0 at |d| == beta.
+        # The outer branch is the constant +-1 (detached: its derivative is 0); NaN stays NaN.
+        return torch.where(d.abs() < param, d / param, (d / param).clamp(-1.0, 1.0).detach())
 
     @staticmethod
     def derivative_(d: torch.Tensor, param: float, scale: float) -> torch.Tensor:
