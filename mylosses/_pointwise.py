@@ -22,7 +22,7 @@ gradient is summed back to its own shape.
 
 A loss file supplies :math:`\phi` (``value``), :math:`\phi'` (``derivative``, differentiable so
 that double backward works), an in-place :math:`\phi'` (``derivative_``) and, where it saves
-passes, both at once for a block (``fused_block_``) on a subclass of :class:`PointwiseLoss`; this
+passes, both at once for a block (``fused_block_``) on a subclass of :class:`PointwiseRule`; this
 module does the rest once.
 
 **Speed.** torch's kernels read ``x`` and ``y`` and write an elementwise loss in forward, then
@@ -56,16 +56,19 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in _HALF else dtype
 
 
-class PointwiseLoss(Function):
-    """Base of the elementwise regression Functions.
+class PointwiseRule:
+    """What one elementwise loss is: phi, phi', and torch's dtype and weighting conventions.
 
-    ``forward(input, target, weight, reduction, param, precompute)`` returns
+    A loss file subclasses it (setting ``kernel``, torch's kernel name for dtype errors,
+    ``complex_ok``, ``weighted_mean_by_weight_sum`` and the static methods below) and writes its
+    ``autograd.Function`` as three one-line delegations: ``forward`` to :meth:`forward`,
+    ``setup_context`` to :func:`setup_context` and ``backward`` to :meth:`backward`. (The
+    Function's own methods must be static methods: ``torch.compile`` traces no other kind.)
+
+    The Function's ``forward(input, target, weight, reduction, param, precompute)`` returns
     ``(loss, stashed_gradient_or_None)``; the second output is an implementation detail that the
-    functional drops. Subclasses set ``kernel`` (torch's kernel name, for dtype errors),
-    ``complex_ok``, ``weighted_mean_by_weight_sum`` and the three static methods below.
+    functional drops.
     """
-
-    generate_vmap_rule = True
 
     kernel = ""
     complex_ok = False
@@ -189,22 +192,10 @@ class PointwiseLoss(Function):
             total = total / n  # an empty input: 0/0 = nan, as in torch
         return total, d
 
-    # -- autograd ------------------------------------------------------------------------------
+    # -- backward ------------------------------------------------------------------------------
 
     @classmethod
-    def setup_context(cls, ctx: Any, inputs: tuple, output: tuple) -> None:
-        input, target, weight, reduction, param, _ = inputs
-        _, grad = output
-        if grad is not None:
-            ctx.mark_non_differentiable(grad)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(input, target, weight)
-        ctx.reduction = reduction
-        ctx.param = param
-        _function.stash_gradient(ctx, grad)
-
-    @classmethod
-    def backward(cls, ctx: Any, grad_loss: torch.Tensor | None, _: Any) -> tuple:
+    def backward(cls, ctx: Any, grad_loss: torch.Tensor | None) -> tuple:
         input, target, weight = ctx.saved_tensors
         if grad_loss is None:
             return (None,) * 6
@@ -235,6 +226,19 @@ class PointwiseLoss(Function):
         return grad_input, grad_target, grad_weight, None, None, None
 
 
+def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    """Save the inputs (for a recomputed backward) and stash forward's gradient, if any."""
+    input, target, weight, reduction, param, _ = inputs
+    _, grad = output
+    if grad is not None:
+        ctx.mark_non_differentiable(grad)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(input, target, weight)
+    ctx.reduction = reduction
+    ctx.param = param
+    _function.stash_gradient(ctx, grad)
+
+
 _REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 
 
@@ -251,7 +255,7 @@ def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _difference(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """d = input - target, broadcast, in the compute dtype (float32 for half types)."""
     work = compute_dtype(torch.promote_types(input.dtype, target.dtype))
-    return input.to(work) - target.to(work)
+    return _cast(input, work) - _cast(target, work)
 
 
 def _sum_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -262,17 +266,19 @@ def _sum_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def pointwise_loss(
-    fn: type[PointwiseLoss],
+    fn: type[Function],
+    rule: type[PointwiseRule],
     input: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None,
     reduction: int,
     param: float,
 ) -> torch.Tensor:
-    """Check dtypes, then run ``fn``: directly in evaluation, through autograd otherwise."""
+    """Check dtypes, then run ``fn`` (the Function of ``rule``): through autograd when a
+    gradient may be asked for, else ``rule``'s forward directly (evaluation: no graph node)."""
     dtype = torch.promote_types(input.dtype, target.dtype)
-    _validation.check_kernel_dtype(fn.kernel, dtype, input.device, complex_ok=fn.complex_ok)
+    _validation.check_kernel_dtype(rule.kernel, dtype, input.device, complex_ok=rule.complex_ok)
     if not _function.needs_autograd(input, target, weight):
-        return fn.forward(input, target, weight, reduction, param, False)[0]
+        return rule.forward(input, target, weight, reduction, param, False)[0]
     precompute = _function.may_precompute()
     return _function.apply(fn, input, target, weight, reduction, param, precompute)[0]

@@ -31,15 +31,18 @@ ours returns each gradient in its input's dtype. ``HuberLoss`` takes no legacy
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch import Tensor
 
 from mylosses import _reduction, _validation
-from mylosses._pointwise import PointwiseLoss, pointwise_loss
+from mylosses._pointwise import PointwiseRule, pointwise_loss, setup_context
 
 __all__ = ["HuberLoss", "huber_loss"]
 
 
-class _Huber(PointwiseLoss):
+class _HuberRule(PointwiseRule):
     kernel = "huber"
     weighted_mean_by_weight_sum = False
 
@@ -79,6 +82,29 @@ class _Huber(PointwiseLoss):
         return dtype
 
 
+class _Huber(torch.autograd.Function):
+    """l = huber_delta(x - y): the rule above, run by ``mylosses/_pointwise.py``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(
+        input: Tensor,
+        target: Tensor,
+        weight: Tensor | None,
+        reduction: int,
+        param: float,
+        precompute: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        return _HuberRule.forward(input, target, weight, reduction, param, precompute)
+
+    setup_context = staticmethod(setup_context)
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: Tensor | None, _grad_stash: None) -> tuple:
+        return _HuberRule.backward(ctx, grad_loss)
+
+
 def huber_block_(
     d: torch.Tensor, delta: float, scale: float, scratch: torch.Tensor | None
 ) -> torch.Tensor:
@@ -115,7 +141,7 @@ def huber_loss(
         _validation.check_weight_matches_input(weight, input)
         _check(input, target, delta)  # torch computes the unreduced loss before this check
         red = _reduction.get_weighted_enum(reduction)
-    return pointwise_loss(_Huber, input, target, weight, red, delta)
+    return pointwise_loss(_Huber, _HuberRule, input, target, weight, red, delta)
 
 
 def _check(input: torch.Tensor, target: torch.Tensor, delta: float) -> None:

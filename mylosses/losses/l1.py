@@ -29,15 +29,18 @@ a zero gradient (``sgn(nan) = 0``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch import Tensor
 
 from mylosses import _reduction, _validation
-from mylosses._pointwise import PointwiseLoss, pointwise_loss
+from mylosses._pointwise import PointwiseRule, pointwise_loss, setup_context
 
 __all__ = ["L1Loss", "l1_loss"]
 
 
-class _L1(PointwiseLoss):
+class _AbsoluteError(PointwiseRule):
     kernel = "l1"
     complex_ok = True
 
@@ -60,6 +63,29 @@ class _L1(PointwiseLoss):
         total = torch.abs(d, out=scratch).sum()
         d.sgn_().mul_(scale)
         return total
+
+
+class _L1(torch.autograd.Function):
+    """l = |x - y|: the rule above, run by ``mylosses/_pointwise.py``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(
+        input: Tensor,
+        target: Tensor,
+        weight: Tensor | None,
+        reduction: int,
+        param: float,
+        precompute: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        return _AbsoluteError.forward(input, target, weight, reduction, param, precompute)
+
+    setup_context = staticmethod(setup_context)
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: Tensor | None, _grad_stash: None) -> tuple:
+        return _AbsoluteError.backward(ctx, grad_loss)
 
 
 def l1_loss(
@@ -94,7 +120,7 @@ def l1_core(
     dtype = torch.promote_types(input.dtype, target.dtype)
     if not (dtype.is_floating_point or dtype.is_complex):
         return _integer_l1(input, target, weight, reduction)
-    return pointwise_loss(_L1, input, target, weight, reduction, 0.0)
+    return pointwise_loss(_L1, _AbsoluteError, input, target, weight, reduction, 0.0)
 
 
 def _integer_l1(

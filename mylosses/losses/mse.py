@@ -30,15 +30,18 @@ target is promoted and fine).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch import Tensor
 
 from mylosses import _reduction, _validation
-from mylosses._pointwise import PointwiseLoss, pointwise_loss
+from mylosses._pointwise import PointwiseRule, pointwise_loss, setup_context
 
 __all__ = ["MSELoss", "mse_loss"]
 
 
-class _MSE(PointwiseLoss):
+class _SquaredError(PointwiseRule):
     kernel = "mse"
 
     @staticmethod
@@ -60,6 +63,29 @@ class _MSE(PointwiseLoss):
         total = torch.dot(d, d)  # sum(d^2) in one read, no temporary
         d.mul_(2 * scale)
         return total
+
+
+class _MSE(torch.autograd.Function):
+    """l = (x - y)^2: the rule above, run by ``mylosses/_pointwise.py``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(
+        input: Tensor,
+        target: Tensor,
+        weight: Tensor | None,
+        reduction: int,
+        param: float,
+        precompute: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        return _SquaredError.forward(input, target, weight, reduction, param, precompute)
+
+    setup_context = staticmethod(setup_context)
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: Tensor | None, _grad_stash: None) -> tuple:
+        return _SquaredError.backward(ctx, grad_loss)
 
 
 def mse_loss(
@@ -84,7 +110,7 @@ def mse_loss(
     else:
         _validation.check_weight_matches_input(weight, input)
         red = _reduction.get_weighted_enum(reduction)
-    return pointwise_loss(_MSE, input, target, weight, red, 0.0)
+    return pointwise_loss(_MSE, _SquaredError, input, target, weight, red, 0.0)
 
 
 class MSELoss(torch.nn.MSELoss):

@@ -27,17 +27,20 @@ RuntimeError.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch import Tensor
 
 from mylosses import _reduction, _validation
-from mylosses._pointwise import PointwiseLoss, pointwise_loss
+from mylosses._pointwise import PointwiseRule, pointwise_loss, setup_context
 from mylosses.losses.huber import huber_block_
 from mylosses.losses.l1 import l1_core
 
 __all__ = ["SmoothL1Loss", "smooth_l1_loss"]
 
 
-class _SmoothL1(PointwiseLoss):
+class _SmoothL1Rule(PointwiseRule):
     kernel = "smooth_l1"
 
     @staticmethod
@@ -64,6 +67,29 @@ class _SmoothL1(PointwiseLoss):
         return huber_block_(d, param, scale / param, scratch) / param
 
 
+class _SmoothL1(torch.autograd.Function):
+    """l = huber_beta(x - y) / beta: the rule above, run by ``mylosses/_pointwise.py``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(
+        input: Tensor,
+        target: Tensor,
+        weight: Tensor | None,
+        reduction: int,
+        param: float,
+        precompute: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        return _SmoothL1Rule.forward(input, target, weight, reduction, param, precompute)
+
+    setup_context = staticmethod(setup_context)
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: Tensor | None, _grad_stash: None) -> tuple:
+        return _SmoothL1Rule.backward(ctx, grad_loss)
+
+
 def smooth_l1_loss(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -86,7 +112,7 @@ def smooth_l1_loss(
         return l1_core(input, target, None, red)
     if beta < 0:
         raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
-    return pointwise_loss(_SmoothL1, input, target, None, red, beta)
+    return pointwise_loss(_SmoothL1, _SmoothL1Rule, input, target, None, red, beta)
 
 
 class SmoothL1Loss(torch.nn.SmoothL1Loss):
