@@ -215,10 +215,14 @@ class PointwiseRule:
             if weight is not None:
                 if need_weight:
                     phi = cls.value(d, param)
+                    grad_weight = (phi * g).sum_to_size(weight.shape)
                     if reduction == MEAN and normalizer is not None:
-                        # l = sum(w phi) / W with W = sum(w): dl/dw_n = (phi_n - l) / W
-                        phi = phi - (weight * phi).sum() / normalizer
-                    grad_weight = _sum_to(phi * g, weight)
+                        # l = sum(w phi) / W and W = sum(w) depends on w too: dl/dW = -l / W.
+                        # (Not (phi_n - l) / W per element: a broadcast weight meets several
+                        # phi_n but counts once in W.)
+                        mean = (weight * phi).sum() / normalizer
+                        grad_weight = grad_weight - mean * grad_loss / normalizer
+                    grad_weight = _cast(grad_weight, weight.dtype)
                 g = g * weight
             grad_d = cls.derivative(d, param) * g
         grad_input = _sum_to(grad_d, input) if need_input else None
