@@ -202,32 +202,66 @@ class PointwiseRule:
         need_input, need_target, need_weight = ctx.needs_input_grad[:3]
         reduction, param = ctx.reduction, ctx.param
         grad_d = _function.take_gradient(ctx)
+        if grad_d is None and ctx.fused and not torch.is_grad_enabled():
+            # A second backward through a retained graph: forward's computation again, so the
+            # same bits as the first backward (gradcheck checks that backward is reentrant).
+            grad_d = cls._fused(input, target, reduction, param)[1]
         grad_weight = None
         if grad_d is not None:
             # Forward left scale * phi'(d) in a buffer of ours; only the upstream gradient is
             # missing, and it goes in in place.
             grad_d = grad_d.mul_(grad_loss)
-        else:
-            # Recompute with differentiable ops: double backward, or a second backward.
+        elif weight is None:
+            # Double backward: recompute with differentiable ops.
             d = _difference(input, target)
-            normalizer = None if weight is None else cls._weighted_normalizer(weight)
-            g = _reduction.expand_grad(grad_loss, reduction, d.shape, normalizer)
-            if weight is not None:
-                if need_weight:
-                    phi = cls.value(d, param)
-                    grad_weight = (phi * g).sum_to_size(weight.shape)
-                    if reduction == MEAN and normalizer is not None:
-                        # l = sum(w phi) / W and W = sum(w) depends on w too: dl/dW = -l / W.
-                        # (Not (phi_n - l) / W per element: a broadcast weight meets several
-                        # phi_n but counts once in W.)
-                        mean = (weight * phi).sum() / normalizer
-                        grad_weight = grad_weight - mean * grad_loss / normalizer
-                    grad_weight = _cast(grad_weight, weight.dtype)
-                g = g * weight
+            g = _reduction.expand_grad(grad_loss, reduction, d.shape)
             grad_d = cls.derivative(d, param) * g
+        else:
+            grad_d, grad_weight = cls._weighted_backward(
+                input, target, weight, grad_loss, reduction, param, need_weight
+            )
         grad_input = _sum_to(grad_d, input) if need_input else None
         grad_target = _sum_to(-grad_d, target) if need_target else None
         return grad_input, grad_target, grad_weight, None, None, None
+
+    @classmethod
+    def _weighted_backward(
+        cls,
+        input: torch.Tensor,
+        target: torch.Tensor,
+        weight: torch.Tensor,
+        grad_loss: torch.Tensor,
+        reduction: int,
+        param: float,
+        need_weight: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """d loss / d d and d loss / d w of a weighted loss, with differentiable ops.
+
+        One dtype throughout: the weight gradient of a weighted 'mean' is a difference of two
+        large terms that cancel (exactly, for a weight broadcast over the loss), so a mix of
+        bfloat16 and float32 between them leaves garbage; for half inputs the weight gradient
+        is computed in float64 and rounded once.
+        """
+        d = _difference(input, target)
+        acc = compute_dtype(torch.promote_types(_real(d.dtype), weight.dtype))
+        if need_weight and torch.promote_types(input.dtype, target.dtype) in _HALF:
+            acc = torch.float64
+        w = _cast(weight, acc)
+        upstream = _cast(grad_loss, acc)
+        normalizer = cls._weighted_normalizer(w)
+        g = _reduction.expand_grad(upstream, reduction, d.shape, normalizer)
+        grad_weight = None
+        if need_weight:
+            phi = _cast(cls.value(d, param), acc)
+            grad_weight = (phi * g).sum_to_size(weight.shape)
+            if reduction == MEAN and normalizer is not None:
+                # l = sum(w phi) / W, and W = sum(w) depends on w too: dl/dW = -l / W.
+                # (Not (phi_n - l) / W per element: a broadcast weight meets several phi_n
+                # but counts once in W.)
+                mean = (w * phi).sum() / normalizer
+                grad_weight = grad_weight - mean * upstream / normalizer
+            grad_weight = _cast(grad_weight, weight.dtype)
+        return cls.derivative(d, param) * (g * w), grad_weight
 
 
 def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -240,6 +274,7 @@ def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
     ctx.save_for_backward(input, target, weight)
     ctx.reduction = reduction
     ctx.param = param
+    ctx.fused = grad is not None
     _function.stash_gradient(ctx, grad)
 
 
