@@ -35,15 +35,26 @@ from typing import Any
 import torch
 from torch.autograd import Function
 
-_transforms_active = torch._C._are_functorch_transforms_active
+transforms_active = torch._C._are_functorch_transforms_active
 _is_compiling = torch.compiler.is_compiling
 
 
 def apply(fn: type[Function], *args: Any) -> Any:
     """``fn.apply(*args)`` for positional arguments, without the per-call signature binding."""
-    if _transforms_active() or _is_compiling():
+    if transforms_active() or _is_compiling():
         return fn.apply(*args)
     return super(Function, fn).apply(*args)  # type: ignore[misc]
+
+
+_is_legacy_batched = torch._C._functorch.is_legacy_batchedtensor
+
+
+def batched(grad: torch.Tensor) -> bool:
+    """Whether a backward runs under a vmap: a functorch transform, or autograd's own batched
+    backward (``is_grads_batched=True``, gradcheck's batched check, ``jacobian(vectorize=True)``).
+    There an upstream gradient carries a batch dimension, and an in-place op on an unbatched
+    buffer of ours cannot receive it."""
+    return transforms_active() or _is_legacy_batched(grad)
 
 
 def needs_autograd(*tensors: torch.Tensor | None) -> bool:
@@ -52,7 +63,7 @@ def needs_autograd(*tensors: torch.Tensor | None) -> bool:
     Inside a functorch transform the answer is always yes: ``torch.func.grad`` tracks tensors
     whose ``requires_grad`` we cannot see from here, and the Function must be there for it.
     """
-    if _transforms_active():
+    if transforms_active():
         return True
     if not torch.is_grad_enabled():
         return False
@@ -65,7 +76,7 @@ def may_precompute() -> bool:
     Transforms and the compiler run forward as a pure function and trace backward separately;
     the one-shot buffer is an eager-mode optimisation only.
     """
-    return not (_transforms_active() or _is_compiling())
+    return not (transforms_active() or _is_compiling())
 
 
 def stash_gradient(ctx: Any, grad: torch.Tensor | None) -> None:

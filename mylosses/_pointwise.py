@@ -209,8 +209,12 @@ class PointwiseRule:
         grad_weight = None
         if grad_d is not None:
             # Forward left scale * phi'(d) in a buffer of ours; only the upstream gradient is
-            # missing, and it goes in in place.
-            grad_d = grad_d.mul_(grad_loss)
+            # missing, and it goes in in place (out of place under vmap, which batches the
+            # upstream gradient of a batched backward, is_grads_batched=True).
+            if _function.batched(grad_loss):
+                grad_d = grad_d * grad_loss
+            else:
+                grad_d = grad_d.mul_(grad_loss)
         elif weight is None:
             # Double backward: recompute with differentiable ops.
             d = _difference(input, target)

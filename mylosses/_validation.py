@@ -7,6 +7,7 @@ names what was wrong. Every loss calls these instead of writing its own checks.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import torch
@@ -73,3 +74,50 @@ def check_kernel_dtype(name: str, dtype: torch.dtype, device: torch.device, *, c
     raise NotImplementedError(
         f"\"{name}_{device.type}\" not implemented for '{scalar_type_name(dtype)}'"
     )
+
+
+def check_subtractable(input: torch.Tensor, target: torch.Tensor) -> None:
+    """torch's refusal to subtract bool tensors (where a loss is computed as ``input - target``)."""
+    if input.dtype == torch.bool and target.dtype == torch.bool:
+        raise RuntimeError(
+            "Subtraction, the `-` operator, with two bool tensors is not supported. "
+            "Use the `^` or `logical_xor()` operator instead."
+        )
+    if torch.bool in (input.dtype, target.dtype):
+        raise RuntimeError(
+            "Subtraction, the `-` operator, with a bool tensor is not supported. "
+            "If you are trying to invert a mask, use the `~` or `logical_not()` operator instead."
+        )
+
+
+def check_castable(input: torch.Tensor, target: torch.Tensor) -> None:
+    """For kernels that write into a tensor of the input's dtype (``huber_loss``): the promoted
+    dtype of input and target must cast back to it (no float into int, no complex into float)."""
+    promoted = torch.promote_types(input.dtype, target.dtype)
+    if _category(promoted) > _category(input.dtype):  # torch.can_cast, which dynamo can trace
+        raise RuntimeError(
+            f"result type {scalar_type_name(promoted)} can't be cast to the desired output "
+            f"type {scalar_type_name(input.dtype)}"
+        )
+
+
+def float_argument(function: str, name: str, position: int, value: object) -> float:
+    """A float argument as torch's argument parser takes it: a real number or a one-element
+    tensor; anything else is a TypeError naming the argument."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise TypeError(
+        f"{function}(): argument '{name}' (position {position}) must be float, "
+        f"not {type(value).__name__}"
+    )
+
+
+def _category(dtype: torch.dtype) -> int:
+    """bool < integer < floating < complex: a cast may not go down this order."""
+    if dtype.is_complex:
+        return 3
+    if dtype.is_floating_point:
+        return 2
+    return 0 if dtype == torch.bool else 1

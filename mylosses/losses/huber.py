@@ -134,6 +134,7 @@ def huber_loss(
     """
     _validation.warn_if_size_mismatch(input, target)
     _validation.broadcast_shape(input, target)
+    delta = _validation.float_argument("huber_loss", "delta", 4, delta)
     if weight is None:
         red = _reduction.get_enum(reduction)
         _check(input, target, delta)
@@ -145,14 +146,9 @@ def huber_loss(
 
 
 def _check(input: torch.Tensor, target: torch.Tensor, delta: float) -> None:
-    if delta <= 0:
+    if not delta > 0:  # (written so that nan fails too)
         raise RuntimeError("huber_loss does not support non-positive values for delta.")
-    dtype = torch.promote_types(input.dtype, target.dtype)
-    if dtype.is_floating_point and not input.dtype.is_floating_point:
-        raise RuntimeError(
-            f"result type {_validation.scalar_type_name(dtype)} can't be cast to the desired "
-            f"output type {_validation.scalar_type_name(input.dtype)}"
-        )
+    _validation.check_castable(input, target)
 
 
 class HuberLoss(torch.nn.HuberLoss):

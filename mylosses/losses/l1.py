@@ -117,6 +117,7 @@ def l1_core(
     input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, reduction: int
 ) -> torch.Tensor:
     """The L1 loss of checked arguments (``smooth_l1_loss`` with ``beta=0`` lands here too)."""
+    _validation.check_subtractable(input, target)  # torch's l1 is a composite: input - target
     dtype = torch.promote_types(input.dtype, target.dtype)
     if not (dtype.is_floating_point or dtype.is_complex):
         return _integer_l1(input, target, weight, reduction)

@@ -107,10 +107,11 @@ def smooth_l1_loss(
     _validation.warn_if_size_mismatch(input, target)
     reduction = _reduction.resolve(size_average, reduce, reduction)
     _validation.broadcast_shape(input, target)
+    beta = _validation.float_argument("smooth_l1_loss", "beta", 4, beta)
     red = _reduction.get_enum(reduction)
     if beta == 0.0:
         return l1_core(input, target, None, red)
-    if beta < 0:
+    if not beta >= 0:  # (written so that nan fails too)
         raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
     return pointwise_loss(_SmoothL1, _SmoothL1Rule, input, target, None, red, beta)
 
