@@ -49,6 +49,7 @@ from mylosses._reduction import MEAN, NONE
 BLOCK = 1 << 17
 
 _HALF = (torch.float16, torch.bfloat16)
+_PLAIN = (torch.float32, torch.float64)  # computed in their own dtype, no upcast
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -72,6 +73,9 @@ class PointwiseRule:
 
     kernel = ""
     complex_ok = False
+    # Whether fused_block_ needs a scratch block in the blocked loop (a rule that works in d
+    # alone saves the allocation, which counts in the peak memory).
+    scratch = True
     # torch's weighted 'mean': sum(w*l)/sum(w) for l1 and mse, but mean(w*l) for huber.
     weighted_mean_by_weight_sum = True
 
@@ -93,17 +97,20 @@ class PointwiseRule:
     @classmethod
     def fused_block_(
         cls, d: torch.Tensor, param: float, scale: float, scratch: torch.Tensor | None
-    ) -> torch.Tensor:
-        """sum(phi(d)) of one block, leaving scale * phi'(d) in ``d`` (the fast path).
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale * sum(phi(d)), scale * phi'(d))`` of one flat block (the fast path).
 
-        ``scratch`` (real, d's size) is free to overwrite; None means allocate (``out=None``,
-        for a single small block). The default allocates phi(d); a loss
-        overrides it to work in ``d`` and ``scratch`` alone, in as few passes as it can (a fresh
-        allocation per block would cost page faults on every block).
+        With a ``scratch`` (real, d's size, free to overwrite) the derivative must be left in
+        ``d``; with None (a single small block) it may be any buffer, ``d`` itself or a fresh
+        one, and ``d`` may be clobbered. The default allocates phi(d); a loss overrides it to
+        work in ``d`` and ``scratch`` alone, in as few passes as it can (a fresh allocation per
+        block would cost page faults on every block), and with as few ops taking a Python
+        scalar as it can (each costs a few microseconds on a small input: ``scale == 1``, the
+        'sum', should skip its multiplications).
         """
         total = cls.value(d, param).sum()
         cls.derivative_(d, param, scale)
-        return total
+        return (total * scale if scale != 1.0 else total), d
 
     # -- forward -------------------------------------------------------------------------------
 
@@ -117,10 +124,12 @@ class PointwiseRule:
         param: float,
         precompute: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out_dtype = cls.result_dtype(input, target, weight)
         if weight is None and precompute:
             loss, grad = cls._fused(input, target, reduction, param)
-            return _cast(loss, out_dtype), grad
+            if loss.dtype != input.dtype or input.dtype != target.dtype:
+                loss = _cast(loss, cls.result_dtype(input, target, weight))
+            return loss, grad
+        out_dtype = cls.result_dtype(input, target, weight)
         loss = cls.value(_difference(input, target), param)
         normalizer = None
         if weight is not None:
@@ -148,6 +157,20 @@ class PointwiseRule:
         cls, input: torch.Tensor, target: torch.Tensor, reduction: int, param: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss, and scale * phi'(d) in one buffer, block by block (module docstring)."""
+        if (
+            reduction != NONE
+            and input.shape == target.shape
+            and input.dtype == target.dtype
+            and input.dtype in _PLAIN
+            and 0 < input.numel() <= BLOCK
+            and input.is_contiguous()
+            and target.is_contiguous()
+        ):
+            # The common small case (a batch of a few rows), where every microsecond of Python
+            # counts: no promotion, no broadcast, no loop. The same arithmetic as below.
+            scale = 1.0 / input.numel() if reduction == MEAN else 1.0
+            total, grad = cls.fused_block_((input - target).view(-1), param, scale, None)
+            return total, grad.view_as(input)  # (view_as: view(shape) costs 2 us more)
         shape = _validation.broadcast_shape(input, target)
         promoted = torch.promote_types(input.dtype, target.dtype)
         work = compute_dtype(promoted)
@@ -172,36 +195,41 @@ class PointwiseRule:
         if reduction == NONE:
             # The elementwise loss is an output of its own; the derivative goes into d.
             return cls.value(d, param), cls.derivative_(d, param, 1.0)
-        scale = _reduction.reduction_scale(reduction, n)
+        if n == 0:  # an empty input: the sum is 0, the mean 0/0 = nan (as in torch)
+            return d.new_full((), float("nan") if reduction == MEAN else 0.0, dtype=_real(work)), d
+        scale = 1.0 / n if reduction == MEAN else 1.0
         flat = d.view(-1)
         if n <= BLOCK:
             # One block (small inputs, where every op's overhead counts): no loop, no scratch.
-            total = cls.fused_block_(flat, param, scale, None)
-        else:
-            scratch = torch.empty(BLOCK, dtype=_real(work), device=d.device)
-            x = input.view(-1) if blocked else None
-            y = target.view(-1) if blocked else None
-            partials = []
-            for start in range(0, n, BLOCK):
-                block = flat[start : start + BLOCK]
-                if x is not None and y is not None:
-                    torch.sub(x[start : start + BLOCK], y[start : start + BLOCK], out=block)
-                partials.append(cls.fused_block_(block, param, scale, scratch[: block.numel()]))
-            total = torch.stack(partials).sum()
-        if reduction == MEAN:
-            total = total / n  # an empty input: 0/0 = nan, as in torch
-        return total, d
+            total, grad = cls.fused_block_(flat, param, scale, None)
+            return total, grad.view_as(d)
+        scratch = torch.empty(BLOCK, dtype=_real(work), device=d.device) if cls.scratch else None
+        x = input.view(-1) if blocked else None
+        y = target.view(-1) if blocked else None
+        partials = []
+        for start in range(0, n, BLOCK):
+            block = flat[start : start + BLOCK]
+            if x is not None and y is not None:
+                torch.sub(x[start : start + BLOCK], y[start : start + BLOCK], out=block)
+            room = None if scratch is None else scratch[: block.numel()]
+            partials.append(cls.fused_block_(block, param, scale, room)[0])
+        return torch.stack(partials).sum(), d
 
     # -- backward ------------------------------------------------------------------------------
 
     @classmethod
     def backward(cls, ctx: Any, grad_loss: torch.Tensor | None) -> tuple:
-        input, target, weight = ctx.saved_tensors
         if grad_loss is None:
             return (None,) * 6
         need_input, need_target, need_weight = ctx.needs_input_grad[:3]
-        reduction, param = ctx.reduction, ctx.param
         grad_d = _function.take_gradient(ctx)
+        if grad_d is not None and ctx.plain and not _function.batched(grad_loss):
+            # The common case, kept short (small inputs pay for every line): input and target
+            # of one shape and dtype, so the scaled buffer is the input's gradient as it is.
+            grad_d = grad_d.mul_(grad_loss)
+            return grad_d if need_input else None, -grad_d if need_target else None, None, *_NONE3
+        input, target, weight = ctx.saved_tensors
+        reduction, param = ctx.reduction, ctx.param
         if grad_d is None and ctx.fused and not torch.is_grad_enabled():
             # A second backward through a retained graph: forward's computation again, so the
             # same bits as the first backward (gradcheck checks that backward is reentrant).
@@ -268,6 +296,9 @@ class PointwiseRule:
         return cls.derivative(d, param) * (g * w), grad_weight
 
 
+_NONE3 = (None, None, None)
+
+
 def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
     """Save the inputs (for a recomputed backward) and stash forward's gradient, if any."""
     input, target, weight, reduction, param, _ = inputs
@@ -279,6 +310,11 @@ def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
     ctx.reduction = reduction
     ctx.param = param
     ctx.fused = grad is not None
+    ctx.plain = (
+        grad is not None
+        and grad.shape == input.shape == target.shape
+        and grad.dtype == input.dtype == target.dtype
+    )
     _function.stash_gradient(ctx, grad)
 
 
@@ -319,8 +355,10 @@ def pointwise_loss(
 ) -> torch.Tensor:
     """Check dtypes, then run ``fn`` (the Function of ``rule``): through autograd when a
     gradient may be asked for, else ``rule``'s forward directly (evaluation: no graph node)."""
-    dtype = torch.promote_types(input.dtype, target.dtype)
-    _validation.check_kernel_dtype(rule.kernel, dtype, input.device, complex_ok=rule.complex_ok)
+    dtype = input.dtype
+    if target.dtype != dtype:
+        dtype = torch.promote_types(dtype, target.dtype)
+    _validation.check_kernel_dtype(rule.kernel, dtype, input, complex_ok=rule.complex_ok)
     if not _function.needs_autograd(input, target, weight):
         return rule.forward(input, target, weight, reduction, param, False)[0]
     precompute = _function.may_precompute()

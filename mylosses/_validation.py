@@ -62,7 +62,7 @@ def check_weight_matches_input(weight: torch.Tensor, input: torch.Tensor) -> Non
         raise ValueError("Weights and input must have the same size.")
 
 
-def check_kernel_dtype(name: str, dtype: torch.dtype, device: torch.device, *, complex_ok: bool):
+def check_kernel_dtype(name: str, dtype: torch.dtype, input: torch.Tensor, *, complex_ok: bool):
     """Reject the dtypes torch's native kernel has no implementation for.
 
     torch raises NotImplementedError naming the kernel and the scalar type, e.g.
@@ -72,7 +72,7 @@ def check_kernel_dtype(name: str, dtype: torch.dtype, device: torch.device, *, c
     if dtype.is_floating_point or (complex_ok and dtype.is_complex):
         return
     raise NotImplementedError(
-        f"\"{name}_{device.type}\" not implemented for '{scalar_type_name(dtype)}'"
+        f"\"{name}_{input.device.type}\" not implemented for '{scalar_type_name(dtype)}'"
     )
 
 

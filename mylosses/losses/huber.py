@@ -69,7 +69,7 @@ class _HuberRule(PointwiseRule):
     @classmethod
     def fused_block_(
         cls, d: torch.Tensor, param: float, scale: float, scratch: torch.Tensor | None
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return huber_block_(d, param, scale, scratch)
 
     @classmethod
@@ -107,16 +107,22 @@ class _Huber(torch.autograd.Function):
 
 def huber_block_(
     d: torch.Tensor, delta: float, scale: float, scratch: torch.Tensor | None
-) -> torch.Tensor:
-    """sum(huber_delta(d)) of a block, leaving scale * clamp(d, -delta, delta) in d.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale * sum(huber_delta(d)), scale * clamp(d, -delta, delta))`` of a block.
 
-    The sum of ``_Huber.value``'s c (d - c/2) is the dot product of c with d - c/2; c, scaled,
-    is the derivative. Four passes over the block, no allocation (``smooth_l1.py`` shares it).
+    The sum of ``_HuberRule.value``'s c (d - c/2) is the dot product of c with d - c/2; with c
+    scaled first, that dot product is already the scaled sum, and c the scaled derivative.
+    Four or five passes over the block, no allocation with a ``scratch``, one Python-scalar op
+    at most (``smooth_l1.py`` shares it, with scale / beta).
     """
     c = torch.clamp(d, -delta, delta, out=scratch)
-    total = torch.dot(c, d.add_(c, alpha=-0.5))
-    torch.mul(c, scale, out=d)
-    return total
+    rest = d.add_(c, alpha=-0.5)
+    if scale != 1.0:
+        c.mul_(scale)
+    total = torch.dot(c, rest)
+    if scratch is None:
+        return total, c
+    return total, d.copy_(c)
 
 
 def huber_loss(

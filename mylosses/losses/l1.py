@@ -59,10 +59,17 @@ class _AbsoluteError(PointwiseRule):
     @classmethod
     def fused_block_(
         cls, d: torch.Tensor, param: float, scale: float, scratch: torch.Tensor | None
-    ) -> torch.Tensor:
-        total = torch.abs(d, out=scratch).sum()
-        d.sgn_().mul_(scale)
-        return total
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if d.is_complex():
+            return super().fused_block_(d, param, scale, scratch)
+        # d sgn(d) = |d| exactly, so the loss is a dot product with the (scaled) derivative.
+        s = torch.sgn(d, out=scratch)
+        if scale != 1.0:
+            s.mul_(scale)
+        total = torch.dot(d, s)
+        if scratch is None:
+            return total, s
+        return total, d.copy_(s)
 
 
 class _L1(torch.autograd.Function):

@@ -43,6 +43,7 @@ __all__ = ["MSELoss", "mse_loss"]
 
 class _SquaredError(PointwiseRule):
     kernel = "mse"
+    scratch = False
 
     @staticmethod
     def value(d: torch.Tensor, param: float) -> torch.Tensor:
@@ -59,10 +60,11 @@ class _SquaredError(PointwiseRule):
     @classmethod
     def fused_block_(
         cls, d: torch.Tensor, param: float, scale: float, scratch: torch.Tensor | None
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         total = torch.dot(d, d)  # sum(d^2) in one read, no temporary
-        d.mul_(2 * scale)
-        return total
+        if scale == 1.0:
+            return total, d.add_(d)  # 2 d, without a Python-scalar op
+        return total * scale, d.mul_(2 * scale)
 
 
 class _MSE(torch.autograd.Function):

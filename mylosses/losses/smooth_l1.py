@@ -63,8 +63,8 @@ class _SmoothL1Rule(PointwiseRule):
     @classmethod
     def fused_block_(
         cls, d: torch.Tensor, param: float, scale: float, scratch: torch.Tensor | None
-    ) -> torch.Tensor:
-        return huber_block_(d, param, scale / param, scratch) / param
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return huber_block_(d, param, scale / param, scratch)  # huber_beta / beta
 
 
 class _SmoothL1(torch.autograd.Function):
