@@ -23,7 +23,9 @@ T = TypeVar("T")
 # Sizes for random dimensions: odd and prime sizes catch vectorisation tails, 1 broadcasting.
 _SIZES = (1, 2, 3, 5, 7, 11, 13, 17)
 _MAX_NUMEL = 4096
-_LARGE_SHAPES = ((317, 331), (47, 43, 53), (101_007,), (7, 11, 13, 101))
+# Two of them past 2.5 of mylosses' 128K-element blocks (with odd remainders), so that its
+# blocked forward, the last halved stretches and the borrowed scratch are all exercised.
+_LARGE_SHAPES = ((317, 331), (47, 43, 53), (3, 107_653), (613, 541))
 
 
 @dataclass
@@ -162,7 +164,7 @@ class Draw:
     # -- shapes --------------------------------------------------------------------------
 
     def shape(self, kind: str) -> tuple[int, ...]:
-        """A shape of ``kind``: "0d", "empty" (one dim of size 0), "large" (about 100k
+        """A shape of ``kind``: "0d", "empty" (one dim of size 0), "large" (100k to 330k
         elements) or "nd" (1-d to 6-d, odd sizes, at most a few thousand elements)."""
         if kind == "0d":
             return ()

@@ -203,15 +203,25 @@ class PointwiseRule:
             # One block (small inputs, where every op's overhead counts): no loop, no scratch.
             total, grad = cls.fused_block_(flat, param, scale, None)
             return total, grad.view_as(d)
-        scratch = torch.empty(BLOCK, dtype=_real(work), device=d.device) if cls.scratch else None
         x = input.view(-1) if blocked else None
         y = target.view(-1) if blocked else None
+        spare = None  # scratch memory of our own, where d has no unwritten room left
         partials = []
-        for start in range(0, n, BLOCK):
-            block = flat[start : start + BLOCK]
+        for start, stop in _spans(n) if blocked else _even_spans(n):
+            block = flat[start:stop]
             if x is not None and y is not None:
-                torch.sub(x[start : start + BLOCK], y[start : start + BLOCK], out=block)
-            room = None if scratch is None else scratch[: block.numel()]
+                torch.sub(x[start:stop], y[start:stop], out=block)
+            room = None
+            if cls.scratch:
+                size = stop - start
+                if blocked and stop + size <= n and not d.is_complex():
+                    # The next stretch of d is not written yet: borrow it (so the whole
+                    # forward+backward allocates nothing beyond the gradient itself).
+                    room = flat[stop : stop + size]
+                else:
+                    if spare is None or spare.numel() < size:
+                        spare = torch.empty(size, dtype=_real(work), device=d.device)
+                    room = spare[:size]
             partials.append(cls.fused_block_(block, param, scale, room)[0])
         return torch.stack(partials).sum(), d
 
@@ -297,6 +307,33 @@ class PointwiseRule:
 
 
 _NONE3 = (None, None, None)
+
+# Below this many elements, the last stretch of a blocked pass takes scratch memory of its own.
+_SMALL_SPAN = 1 << 12
+
+
+def _even_spans(n: int) -> list[tuple[int, int]]:
+    """[start, stop) blocks of BLOCK elements covering n."""
+    return [(start, min(start + BLOCK, n)) for start in range(0, n, BLOCK)]
+
+
+def _spans(n: int) -> list[tuple[int, int]]:
+    """Blocks covering n, each followed by at least as many unwritten elements as it has.
+
+    Whole blocks while more than two blocks remain, then halves of what remains, down to a
+    small last stretch: a block's scratch can then be the stretch of d right after it, which
+    the pass has not written yet, and only the last, small stretch needs memory of its own.
+    """
+    spans, start = [], 0
+    while n - start > 2 * BLOCK:
+        spans.append((start, start + BLOCK))
+        start += BLOCK
+    while n - start > _SMALL_SPAN:
+        half = (n - start) // 2
+        spans.append((start, start + half))
+        start += half
+    spans.append((start, n))
+    return spans
 
 
 def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:

@@ -112,17 +112,19 @@ def huber_block_(
 
     The sum of ``_HuberRule.value``'s c (d - c/2) is the dot product of c with d - c/2; with c
     scaled first, that dot product is already the scaled sum, and c the scaled derivative.
-    Four or five passes over the block, no allocation with a ``scratch``, one Python-scalar op
-    at most (``smooth_l1.py`` shares it, with scale / beta).
+    Four or five passes over the block, no allocation with a ``scratch`` (``smooth_l1.py``
+    shares it, with scale / beta).
     """
     c = torch.clamp(d, -delta, delta, out=scratch)
     rest = d.add_(c, alpha=-0.5)
-    if scale != 1.0:
-        c.mul_(scale)
+    if scratch is None:  # a single small block: c becomes the gradient buffer
+        if scale != 1.0:
+            c.mul_(scale)
+        return torch.dot(c, rest), c
+    # In the block loop the derivative must land in d: scale c on its way back (one pass).
     total = torch.dot(c, rest)
-    if scratch is None:
-        return total, c
-    return total, d.copy_(c)
+    torch.mul(c, scale, out=d)
+    return total * scale, d
 
 
 def huber_loss(
