@@ -381,6 +381,27 @@ def _sum_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return _cast(grad, like.dtype)
 
 
+def check_call(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    size_average: bool | None,
+    reduce: bool | None,
+    reduction: str,
+    weight: torch.Tensor | None,
+) -> int:
+    """``l1_loss``'s and ``mse_loss``'s checks (torch's Python for the two is the same), in
+    torch's order: the size-mismatch warning, the legacy arguments, broadcasting, then the
+    reduction (with a weight: the weight's size first, and only 'none', 'mean' or 'sum').
+    Returns the reduction's integer."""
+    _validation.warn_if_size_mismatch(input, target, stacklevel=4)
+    reduction = _reduction.resolve(size_average, reduce, reduction)
+    _validation.broadcast_shape(input, target)
+    if weight is None:
+        return _reduction.get_enum(reduction)
+    _validation.check_weight_matches_input(weight, input)
+    return _reduction.get_weighted_enum(reduction)
+
+
 def pointwise_loss(
     fn: type[Function],
     rule: type[PointwiseRule],

@@ -34,7 +34,7 @@ def scalar_type_name(dtype: torch.dtype) -> str:
     return _SCALAR_TYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
 
 
-def warn_if_size_mismatch(input: torch.Tensor, target: torch.Tensor) -> None:
+def warn_if_size_mismatch(input: torch.Tensor, target: torch.Tensor, stacklevel: int = 3) -> None:
     """torch's warning when input and target differ in size and will be broadcast.
 
     Broadcasting a (N,) target against an (N, 1) input silently builds an (N, N) loss, the most
@@ -45,7 +45,7 @@ def warn_if_size_mismatch(input: torch.Tensor, target: torch.Tensor) -> None:
             f"Using a target size ({target.size()}) that is different to the input size "
             f"({input.size()}). This will likely lead to incorrect results due to broadcasting. "
             "Please ensure they have the same size.",
-            stacklevel=3,
+            stacklevel=stacklevel,  # the user's call of the functional
         )
 
 

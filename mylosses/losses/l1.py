@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from mylosses import _reduction, _validation
-from mylosses._pointwise import PointwiseRule, pointwise_loss, setup_context
+from mylosses._pointwise import PointwiseRule, check_call, pointwise_loss, setup_context
 
 __all__ = ["L1Loss", "l1_loss"]
 
@@ -109,14 +109,7 @@ def l1_loss(
     >>> mylosses.functional.l1_loss(torch.tensor([1.0, -3.0]), torch.tensor([0.0, 0.0]))
     tensor(2.)
     """
-    _validation.warn_if_size_mismatch(input, target)
-    reduction = _reduction.resolve(size_average, reduce, reduction)
-    _validation.broadcast_shape(input, target)
-    if weight is None:
-        red = _reduction.get_enum(reduction)
-    else:
-        _validation.check_weight_matches_input(weight, input)
-        red = _reduction.get_weighted_enum(reduction)
+    red = check_call(input, target, size_average, reduce, reduction, weight)
     return l1_core(input, target, weight, red)
 
 
