@@ -57,6 +57,22 @@ def batched(grad: torch.Tensor) -> bool:
     return transforms_active() or _is_legacy_batched(grad)
 
 
+def times_upstream(grad: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
+    """A stashed gradient times the upstream gradient: in place into the stash (ours to reuse).
+
+    Out of place under a vmap, where the upstream gradient carries a batch dimension. Not at
+    all when the upstream gradient is exactly 1 on the CPU, as it is after ``loss.backward()``
+    of a reduced loss: multiplying by 1 changes no bit, and skipping it saves a whole pass over
+    the gradient (a quarter of Huber's time at 4M elements). Reading the value is free on the
+    CPU; on a GPU it would be a host sync, and there the multiplication runs.
+    """
+    if batched(upstream):
+        return grad * upstream
+    if upstream.dim() == 0 and upstream.device.type == "cpu" and upstream.item() == 1.0:
+        return grad
+    return grad.mul_(upstream)
+
+
 def needs_autograd(*tensors: torch.Tensor | None) -> bool:
     """Whether a call must build a graph node: grad mode is on and some tensor requires grad.
 
@@ -67,7 +83,10 @@ def needs_autograd(*tensors: torch.Tensor | None) -> bool:
         return True
     if not torch.is_grad_enabled():
         return False
-    return any(t is not None and t.requires_grad for t in tensors)
+    for t in tensors:  # noqa: SIM110 (any() over a generator costs half a microsecond more)
+        if t is not None and t.requires_grad:
+            return True
+    return False
 
 
 def may_precompute() -> bool:

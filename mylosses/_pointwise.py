@@ -233,10 +233,10 @@ class PointwiseRule:
             return (None,) * 6
         need_input, need_target, need_weight = ctx.needs_input_grad[:3]
         grad_d = _function.take_gradient(ctx)
-        if grad_d is not None and ctx.plain and not _function.batched(grad_loss):
+        if grad_d is not None and ctx.plain:
             # The common case, kept short (small inputs pay for every line): input and target
             # of one shape and dtype, so the scaled buffer is the input's gradient as it is.
-            grad_d = grad_d.mul_(grad_loss)
+            grad_d = _function.times_upstream(grad_d, grad_loss)
             return grad_d if need_input else None, -grad_d if need_target else None, None, *_NONE3
         input, target, weight = ctx.saved_tensors
         reduction, param = ctx.reduction, ctx.param
@@ -247,12 +247,8 @@ class PointwiseRule:
         grad_weight = None
         if grad_d is not None:
             # Forward left scale * phi'(d) in a buffer of ours; only the upstream gradient is
-            # missing, and it goes in in place (out of place under vmap, which batches the
-            # upstream gradient of a batched backward, is_grads_batched=True).
-            if _function.batched(grad_loss):
-                grad_d = grad_d * grad_loss
-            else:
-                grad_d = grad_d.mul_(grad_loss)
+            # missing.
+            grad_d = _function.times_upstream(grad_d, grad_loss)
         elif weight is None:
             # Double backward: recompute with differentiable ops.
             d = _difference(input, target)
