@@ -282,11 +282,17 @@ class PointwiseRule:
         """
         d = _difference(input, target)
         acc = compute_dtype(torch.promote_types(_real(d.dtype), weight.dtype))
-        if need_weight and torch.promote_types(input.dtype, target.dtype) in _HALF:
+        exact = need_weight and torch.promote_types(input.dtype, target.dtype) in _HALF
+        if exact:
             acc = torch.float64
         w = _cast(weight, acc)
         upstream = _cast(grad_loss, acc)
-        normalizer = cls._weighted_normalizer(w)
+        # torch sums the weights in their own dtype, as our forward does: the same rounding of
+        # W. Where the weight gradient is computed exactly (half inputs), W must be exact too,
+        # or its rounding would not cancel against the exact numerator.
+        normalizer = cls._weighted_normalizer(w if exact else weight)
+        if normalizer is not None:
+            normalizer = _cast(normalizer, acc)
         g = _reduction.expand_grad(upstream, reduction, d.shape, normalizer)
         grad_weight = None
         if need_weight:
