@@ -93,6 +93,8 @@ def check_subtractable(input: torch.Tensor, target: torch.Tensor) -> None:
 def check_castable(input: torch.Tensor, target: torch.Tensor) -> None:
     """For kernels that write into a tensor of the input's dtype (``huber_loss``): the promoted
     dtype of input and target must cast back to it (no float into int, no complex into float)."""
+    if input.dtype == target.dtype:
+        return
     promoted = torch.promote_types(input.dtype, target.dtype)
     if _category(promoted) > _category(input.dtype):  # torch.can_cast, which dynamo can trace
         raise RuntimeError(
@@ -104,6 +106,8 @@ def check_castable(input: torch.Tensor, target: torch.Tensor) -> None:
 def float_argument(function: str, name: str, position: int, value: object) -> float:
     """A float argument as torch's argument parser takes it: a real number or a one-element
     tensor; anything else is a TypeError naming the argument."""
+    if type(value) is float:  # the usual case, first
+        return value
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return float(value)
     if isinstance(value, numbers.Real):
