@@ -158,7 +158,9 @@ def render_check_markdown(report: dict[str, Any]) -> str:
 
 
 def render_check_junit(report: dict[str, Any]) -> str:
-    """One testsuite per loss and device, one testcase per configuration class (label)."""
+    """One testsuite per loss and device, one testcase per configuration class: the first two
+    parts of a case's label (reduction/dtypes, e.g. ``mean/float32``); a failure lists every
+    failing case of the class with its full label and replay command."""
     root = ET.Element("testsuites", name="compare check", time=f"{report['seconds']:.3f}")
     for row in report["summary"]:
         cases = [
@@ -166,7 +168,7 @@ def render_check_junit(report: dict[str, Any]) -> str:
         ]
         by_label: dict[str, list[dict[str, Any]]] = {}
         for c in cases:
-            by_label.setdefault(c["label"], []).append(c)
+            by_label.setdefault("/".join(c["label"].split("/")[:2]), []).append(c)
         suite = ET.SubElement(
             root,
             "testsuite",
