@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from mylosses import _reduction, _validation
 from mylosses._pointwise import PointwiseRule, pointwise_loss, setup_context
@@ -140,6 +141,17 @@ def huber_loss(
     >>> mylosses.functional.huber_loss(torch.tensor([0.5, 3.0]), torch.tensor([0.0, 0.0]))
     tensor(1.3125)
     """
+    # A tensor subclass with __torch_function__ sees this one call, as with torch's.
+    if has_torch_function_variadic(input, target, weight):
+        return handle_torch_function(
+            huber_loss,
+            (input, target, weight),
+            input,
+            target,
+            reduction=reduction,
+            delta=delta,
+            weight=weight,
+        )
     _validation.warn_if_size_mismatch(input, target)
     _validation.broadcast_shape(input, target)
     delta = _validation.float_argument("huber_loss", "delta", 4, delta)

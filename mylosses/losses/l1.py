@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from mylosses import _reduction, _validation
 from mylosses._pointwise import PointwiseRule, check_call, pointwise_loss, setup_context
@@ -109,6 +110,18 @@ def l1_loss(
     >>> mylosses.functional.l1_loss(torch.tensor([1.0, -3.0]), torch.tensor([0.0, 0.0]))
     tensor(2.)
     """
+    # A tensor subclass with __torch_function__ sees this one call, as with torch's.
+    if has_torch_function_variadic(input, target, weight):
+        return handle_torch_function(
+            l1_loss,
+            (input, target, weight),
+            input,
+            target,
+            size_average=size_average,
+            reduce=reduce,
+            reduction=reduction,
+            weight=weight,
+        )
     red = check_call(input, target, size_average, reduce, reduction, weight)
     return l1_core(input, target, weight, red)
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from mylosses._pointwise import PointwiseRule, check_call, pointwise_loss, setup_context
 
@@ -103,6 +104,18 @@ def mse_loss(
     >>> mylosses.functional.mse_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0]))
     tensor(2.5000)
     """
+    # A tensor subclass with __torch_function__ sees this one call, as with torch's.
+    if has_torch_function_variadic(input, target, weight):
+        return handle_torch_function(
+            mse_loss,
+            (input, target, weight),
+            input,
+            target,
+            size_average=size_average,
+            reduce=reduce,
+            reduction=reduction,
+            weight=weight,
+        )
     red = check_call(input, target, size_average, reduce, reduction, weight)
     return pointwise_loss(_MSE, _SquaredError, input, target, weight, red, 0.0)
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from mylosses import _reduction, _validation
 from mylosses._pointwise import PointwiseRule, pointwise_loss, setup_context
@@ -104,6 +105,18 @@ def smooth_l1_loss(
     >>> mylosses.functional.smooth_l1_loss(torch.tensor([0.5, 3.0]), torch.tensor([0.0, 0.0]))
     tensor(1.3125)
     """
+    # A tensor subclass with __torch_function__ sees this one call, as with torch's.
+    if has_torch_function_variadic(input, target):
+        return handle_torch_function(
+            smooth_l1_loss,
+            (input, target),
+            input,
+            target,
+            size_average=size_average,
+            reduce=reduce,
+            reduction=reduction,
+            beta=beta,
+        )
     _validation.warn_if_size_mismatch(input, target)
     reduction = _reduction.resolve(size_average, reduce, reduction)
     _validation.broadcast_shape(input, target)
