@@ -57,6 +57,10 @@ def batched(grad: torch.Tensor) -> bool:
     return transforms_active() or _is_legacy_batched(grad)
 
 
+# Below this many elements the multiplication costs less than looking at the upstream value.
+_WORTH_A_LOOK = 1 << 14
+
+
 def times_upstream(grad: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
     """A stashed gradient times the upstream gradient: in place into the stash (ours to reuse).
 
@@ -68,7 +72,12 @@ def times_upstream(grad: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
     """
     if batched(upstream):
         return grad * upstream
-    if upstream.dim() == 0 and upstream.device.type == "cpu" and upstream.item() == 1.0:
+    if (
+        grad.numel() > _WORTH_A_LOOK
+        and upstream.dim() == 0
+        and upstream.device.type == "cpu"
+        and upstream.item() == 1.0
+    ):
         return grad
     return grad.mul_(upstream)
 

@@ -49,7 +49,7 @@ from mylosses._reduction import MEAN, NONE
 BLOCK = 1 << 17
 
 _HALF = (torch.float16, torch.bfloat16)
-_PLAIN = (torch.float32, torch.float64)  # computed in their own dtype, no upcast
+_NATIVE = (torch.float32, torch.float64)  # computed in their own dtype, no upcast
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -66,7 +66,8 @@ class PointwiseRule:
     ``setup_context`` to :func:`setup_context` and ``backward`` to :meth:`backward`. (The
     Function's own methods must be static methods: ``torch.compile`` traces no other kind.)
 
-    The Function's ``forward(input, target, weight, reduction, param, precompute)`` returns
+    The Function's ``forward(input, target, weight, reduction, param, precompute)`` (see
+    ``PLAIN`` for ``precompute``) returns
     ``(loss, stashed_gradient_or_None)``; the second output is an implementation detail that the
     functional drops.
     """
@@ -122,11 +123,12 @@ class PointwiseRule:
         weight: torch.Tensor | None,
         reduction: int,
         param: float,
-        precompute: bool,
+        precompute: int,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if weight is None and precompute:
-            loss, grad = cls._fused(input, target, reduction, param)
-            if loss.dtype != input.dtype or input.dtype != target.dtype:
+            plain = precompute == PLAIN
+            loss, grad = cls._fused(input, target, reduction, param, plain)
+            if not plain and (loss.dtype != input.dtype or input.dtype != target.dtype):
                 loss = _cast(loss, cls.result_dtype(input, target, weight))
             return loss, grad
         out_dtype = cls.result_dtype(input, target, weight)
@@ -154,18 +156,18 @@ class PointwiseRule:
 
     @classmethod
     def _fused(
-        cls, input: torch.Tensor, target: torch.Tensor, reduction: int, param: float
+        cls,
+        input: torch.Tensor,
+        target: torch.Tensor,
+        reduction: int,
+        param: float,
+        plain: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss, and scale * phi'(d) in one buffer, block by block (module docstring)."""
-        if (
-            reduction != NONE
-            and input.shape == target.shape
-            and input.dtype == target.dtype
-            and input.dtype in _PLAIN
-            and 0 < input.numel() <= BLOCK
-            and input.is_contiguous()
-            and target.is_contiguous()
-        ):
+        """The loss, and scale * phi'(d) in one buffer, block by block (module docstring).
+
+        ``plain``: the caller has checked that the call is :func:`plain`.
+        """
+        if plain:
             # The common small case (a batch of a few rows), where every microsecond of Python
             # counts: no promotion, no broadcast, no loop. The same arithmetic as below.
             scale = 1.0 / input.numel() if reduction == MEAN else 1.0
@@ -232,18 +234,18 @@ class PointwiseRule:
         if grad_loss is None:
             return (None,) * 6
         need_input, need_target, need_weight = ctx.needs_input_grad[:3]
+        reduction, param, fused, plain = ctx.meta
         grad_d = _function.take_gradient(ctx)
-        if grad_d is not None and ctx.plain:
+        if grad_d is not None and plain:
             # The common case, kept short (small inputs pay for every line): input and target
             # of one shape and dtype, so the scaled buffer is the input's gradient as it is.
             grad_d = _function.times_upstream(grad_d, grad_loss)
             return grad_d if need_input else None, -grad_d if need_target else None, None, *_NONE3
         input, target, weight = ctx.saved_tensors
-        reduction, param = ctx.reduction, ctx.param
-        if grad_d is None and ctx.fused and not torch.is_grad_enabled():
+        if grad_d is None and fused and not torch.is_grad_enabled():
             # A second backward through a retained graph: forward's computation again, so the
             # same bits as the first backward (gradcheck checks that backward is reentrant).
-            grad_d = cls._fused(input, target, reduction, param)[1]
+            grad_d = cls._fused(input, target, reduction, param, plain)[1]
         grad_weight = None
         if grad_d is not None:
             # Forward left scale * phi'(d) in a buffer of ours; only the upstream gradient is
@@ -310,6 +312,10 @@ class PointwiseRule:
 
 _NONE3 = (None, None, None)
 
+# The Function's ``precompute`` argument: 0, compute the loss only (vmap, compile, evaluation);
+# 1, also leave the gradient for backward; PLAIN, the same for a call that ``_plain`` admits.
+PLAIN = 2
+
 # Below this many elements, the last stretch of a blocked pass takes scratch memory of its own.
 _SMALL_SPAN = 1 << 12
 
@@ -340,20 +346,15 @@ def _spans(n: int) -> list[tuple[int, int]]:
 
 def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
     """Save the inputs (for a recomputed backward) and stash forward's gradient, if any."""
-    input, target, weight, reduction, param, _ = inputs
+    input, target, weight, reduction, param, precompute = inputs
     _, grad = output
     if grad is not None:
         ctx.mark_non_differentiable(grad)
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(input, target, weight)
-    ctx.reduction = reduction
-    ctx.param = param
-    ctx.fused = grad is not None
-    ctx.plain = (
-        grad is not None
-        and grad.shape == input.shape == target.shape
-        and grad.dtype == input.dtype == target.dtype
-    )
+    fused = grad is not None
+    plain = precompute == PLAIN  # input, target and gradient of one shape and dtype
+    ctx.meta = (reduction, param, fused, plain)  # one attribute: each costs ~0.3 us
     _function.stash_gradient(ctx, grad)
 
 
@@ -421,5 +422,21 @@ def pointwise_loss(
     _validation.check_kernel_dtype(rule.kernel, dtype, input, complex_ok=rule.complex_ok)
     if not _function.needs_autograd(input, target, weight):
         return rule.forward(input, target, weight, reduction, param, False)[0]
-    precompute = _function.may_precompute()
+    precompute = int(_function.may_precompute())
+    if precompute and weight is None and _plain(input, target, reduction):
+        precompute = PLAIN
     return _function.apply(fn, input, target, weight, reduction, param, precompute)[0]
+
+
+def _plain(input: torch.Tensor, target: torch.Tensor, reduction: int) -> bool:
+    """A call the short paths serve: a reduced loss of one small block, input and target of one
+    shape and floating dtype (float32/float64), contiguous."""
+    return (
+        reduction != NONE
+        and input.dtype == target.dtype
+        and input.dtype in _NATIVE
+        and input.shape == target.shape
+        and 0 < input.numel() <= BLOCK
+        and input.is_contiguous()
+        and target.is_contiguous()
+    )

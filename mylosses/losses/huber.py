@@ -95,7 +95,7 @@ class _Huber(torch.autograd.Function):
         weight: Tensor | None,
         reduction: int,
         param: float,
-        precompute: bool,
+        precompute: int,
     ) -> tuple[Tensor, Tensor | None]:
         return _HuberRule.forward(input, target, weight, reduction, param, precompute)
 

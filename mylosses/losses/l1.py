@@ -85,7 +85,7 @@ class _L1(torch.autograd.Function):
         weight: Tensor | None,
         reduction: int,
         param: float,
-        precompute: bool,
+        precompute: int,
     ) -> tuple[Tensor, Tensor | None]:
         return _AbsoluteError.forward(input, target, weight, reduction, param, precompute)
 

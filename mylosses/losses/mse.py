@@ -79,7 +79,7 @@ class _MSE(torch.autograd.Function):
         weight: Tensor | None,
         reduction: int,
         param: float,
-        precompute: bool,
+        precompute: int,
     ) -> tuple[Tensor, Tensor | None]:
         return _SquaredError.forward(input, target, weight, reduction, param, precompute)
 

@@ -80,7 +80,7 @@ class _SmoothL1(torch.autograd.Function):
         weight: Tensor | None,
         reduction: int,
         param: float,
-        precompute: bool,
+        precompute: int,
     ) -> tuple[Tensor, Tensor | None]:
         return _SmoothL1Rule.forward(input, target, weight, reduction, param, precompute)
 
