@@ -279,19 +279,20 @@ class PointwiseRule:
 
         One dtype throughout: the weight gradient of a weighted 'mean' is a difference of two
         large terms that cancel (exactly, for a weight broadcast over the loss), so a mix of
-        bfloat16 and float32 between them leaves garbage; for half inputs the weight gradient
+        bfloat16 and float32 between them leaves garbage, and even float32 leaves rounding
+        noise where the truth (and torch) is 0: when the weight gradient is wanted, everything
         is computed in float64 and rounded once.
         """
         d = _difference(input, target)
         acc = compute_dtype(torch.promote_types(_real(d.dtype), weight.dtype))
-        exact = need_weight and torch.promote_types(input.dtype, target.dtype) in _HALF
-        if exact:
-            acc = torch.float64
+        if need_weight:
+            acc = torch.float64  # the weight gradient cancels large terms: compute it exactly
         w = _cast(weight, acc)
         upstream = _cast(grad_loss, acc)
         # torch sums the weights in their own dtype, as our forward does: the same rounding of
-        # W. Where the weight gradient is computed exactly (half inputs), W must be exact too,
-        # or its rounding would not cancel against the exact numerator.
+        # W. For half inputs that rounding is so coarse that it would not cancel against the
+        # exact numerator of the weight gradient: there W is exact too.
+        exact = need_weight and torch.promote_types(input.dtype, target.dtype) in _HALF
         normalizer = cls._weighted_normalizer(w if exact else weight)
         if normalizer is not None:
             normalizer = _cast(normalizer, acc)
