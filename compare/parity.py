@@ -126,10 +126,13 @@ def _compare_calls(
 ) -> list[str]:
     theirs = _run(torch_call, case.clone(), double_backward=double_backward)
 
-    def reference() -> _Outcome:
+    def reference(second_order: bool = False) -> _Outcome:
         upstream = None if theirs.upstream is None else theirs.upstream.to(torch.float64)
         return _run(
-            torch_call, case.clone(dtype=torch.float64), double_backward=False, upstream=upstream
+            torch_call,
+            case.clone(dtype=torch.float64),
+            double_backward=second_order,
+            upstream=upstream,
         )
 
     dtypes = {t.dtype for _, t in case.named_tensors()}
@@ -138,7 +141,7 @@ def _compare_calls(
     failures = _diff(where, case, ours, theirs, ref)
     if failures and ref is None and torch.float32 in dtypes:
         # A float32 disagreement: the float64 truth arbitrates (compare/tolerances.py).
-        failures = _diff(where, case, ours, theirs, reference())
+        failures = _diff(where, case, ours, theirs, reference(double_backward))
     return failures
 
 
@@ -242,8 +245,11 @@ def _diff(
             b = _at(theirs.grad_grads, i)
             zeros = torch.zeros_like(t.detach())
             a, b = zeros if a is None else a, zeros if b is None else b
+            r = _at(ref.grad_grads, i) if ref.grad_grads else None
+            if r is None and ref.grad_grads:
+                r = zeros.to(torch.float64)
             label = f"{where} grad-grad {name}"
-            failures.append(_compare(case, label, a, b, tolerance=second_order))
+            failures.append(_compare(case, label, a, b, r, tolerance=second_order))
     return [f for f in failures if f]
 
 
