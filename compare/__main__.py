@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
                 junit=args.junit,
                 progress=True,
             )
-            print(render_check_text(report))
+            written = [path for path in (args.md, args.json_path, args.junit) if path]
+            if written:
+                print(f"reports written: {', '.join(written)}")
+            print(render_check_text(report))  # ends with the closing line "N passed, M failed"
             return 1 if report["failed"] else 0
         report = run_bench(
             losses=args.losses,
