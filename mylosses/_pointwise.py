@@ -165,7 +165,7 @@ class PointwiseRule:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss, and scale * phi'(d) in one buffer, block by block (module docstring).
 
-        ``plain``: the caller has checked that the call is :func:`plain`.
+        ``plain``: the caller has checked that the call is ``_plain``.
         """
         if plain:
             # The common small case (a batch of a few rows), where every microsecond of Python
@@ -422,7 +422,7 @@ def pointwise_loss(
         dtype = torch.promote_types(dtype, target.dtype)
     _validation.check_kernel_dtype(rule.kernel, dtype, input, complex_ok=rule.complex_ok)
     if not _function.needs_autograd(input, target, weight):
-        return rule.forward(input, target, weight, reduction, param, False)[0]
+        return rule.forward(input, target, weight, reduction, param, 0)[0]
     precompute = int(_function.may_precompute())
     if precompute and weight is None and _plain(input, target, reduction):
         precompute = PLAIN
