@@ -170,7 +170,7 @@ class PointwiseRule:
         if plain:
             # The common small case (a batch of a few rows), where every microsecond of Python
             # counts: no promotion, no broadcast, no loop. The same arithmetic as below.
-            scale = 1.0 / input.numel() if reduction == MEAN else 1.0
+            scale = _reduction.reduction_scale(reduction, input.numel())
             total, grad = cls.fused_block_((input - target).view(-1), param, scale, None)
             return total, grad.view_as(input)  # (view_as: view(shape) costs 2 us more)
         shape = _validation.broadcast_shape(input, target)
@@ -199,7 +199,7 @@ class PointwiseRule:
             return cls.value(d, param), cls.derivative_(d, param, 1.0)
         if n == 0:  # an empty input: the sum is 0, the mean 0/0 = nan (as in torch)
             return d.new_full((), float("nan") if reduction == MEAN else 0.0, dtype=_real(work)), d
-        scale = 1.0 / n if reduction == MEAN else 1.0
+        scale = _reduction.reduction_scale(reduction, n)
         flat = d.view(-1)
         if n <= BLOCK:
             # One block (small inputs, where every op's overhead counts): no loop, no scratch.
