@@ -23,7 +23,7 @@ import traceback
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -105,15 +105,17 @@ def _raised(call: Callable[[], Any]) -> Exception | None:
 def _differences(spec: LossSpec, case: Case, double_backward: bool) -> list[str]:
     failures = _compare_calls("functional", spec.ours_fn, spec.torch_fn, case, double_backward)
     if case.ctor is not None:
-        ctor = case.ctor
+        # The module call as a case of its own whose keyword arguments are the constructor's:
+        # the float64 reference then casts the module's weights with the inputs.
+        module_case = replace(case, kwargs=dict(case.ctor))
 
-        def ours_module(*args: Any) -> torch.Tensor:
+        def ours_module(*args: Any, **ctor: Any) -> torch.Tensor:
             return spec.ours_module(**ctor)(*args)
 
-        def torch_module(*args: Any) -> torch.Tensor:
+        def torch_module(*args: Any, **ctor: Any) -> torch.Tensor:
             return spec.torch_module(**ctor)(*args)
 
-        failures += _compare_calls("module", ours_module, torch_module, case, False)
+        failures += _compare_calls("module", ours_module, torch_module, module_case, False)
     return failures
 
 
@@ -136,7 +138,8 @@ def _compare_calls(
         )
 
     dtypes = {t.dtype for _, t in case.named_tensors()}
-    ref = reference() if dtypes & set(_HALF) else None
+    # Half results, second-order ones included, are judged against the float64 truth.
+    ref = reference(double_backward) if dtypes & set(_HALF) else None
     ours = _run(ours_call, case.clone(), double_backward=double_backward, upstream=theirs.upstream)
     failures = _diff(where, case, ours, theirs, ref)
     if failures and ref is None and torch.float32 in dtypes:
@@ -265,7 +268,8 @@ def _compare(
     if ours is not None and not isinstance(ours, torch.Tensor):
         return f"{name}: mylosses gave a {type(ours).__name__}, not a tensor"
     if tolerance is None and theirs is not None:
-        tolerance = tolerance_for(theirs.dtype, case.loss)
+        inputs = (t.dtype for _, t in case.named_tensors())
+        tolerance = tolerance_for(theirs.dtype, case.loss, inputs)
     return compare_tensors(name, ours, theirs, reference, tolerance=tolerance)
 
 

@@ -29,7 +29,15 @@ import torch
 from parameterized import parameterized
 
 from compare.check import run_check
-from tests._support import LOSS_NAMES, find_cases, real_floating, safe_name, spec, with_grads
+from tests._support import (
+    LOSS_NAMES,
+    find_cases,
+    real_floating,
+    safe_name,
+    spec,
+    torch_runs_cleanly,
+    with_grads,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PLANT_TRIALS = 12
@@ -40,7 +48,13 @@ def function_class(name: str) -> type[torch.autograd.Function]:
     """The autograd.Function our functional runs for loss ``name``, read off the grad_fn of
     one of its outputs."""
     case = find_cases(
-        name, lambda c: real_floating(c) and bool(c.grad_inputs()) and c.args[0].numel() > 0
+        name,
+        lambda c: (
+            real_floating(c)
+            and bool(c.grad_inputs())
+            and c.args[0].numel() > 0
+            and torch_runs_cleanly(c)
+        ),
     )[0]
     c = with_grads(case, {case.arg_name(0)})
     out = spec(name).ours_fn(*c.args, **c.kwargs)
@@ -117,6 +131,25 @@ class TestPlantedBugs(unittest.TestCase):
             c1 = with_grads(case, {case.arg_name(0)})
             spec(name).ours_fn(*c1.args, **c1.kwargs).sum().backward()
         torch.testing.assert_close(c1.args[0].grad, x0.grad * 1.001)
+
+    @parameterized.expand([(n,) for n in LOSS_NAMES], name_func=safe_name)
+    def test_planted_module_bug_is_caught(self, name: str) -> None:
+        """The module is compared on its own: a forward of our Module off by 0.1 % (the
+        functional untouched) fails the check, with options in the constructor too."""
+        module = spec(name).ours_module
+        original = module.forward
+
+        def wrong(self: Any, *args: Any) -> Any:
+            return original(self, *args) * 1.001
+
+        module.forward = wrong  # type: ignore[method-assign]
+        try:
+            report = run_check(losses=[name], trials=PLANT_TRIALS, seed=3)
+        finally:
+            module.forward = original  # type: ignore[method-assign]
+        failing = [f for c in report["cases"] for f in c["failures"]]
+        self.assertTrue(any(f.startswith("module output") for f in failing), failing)
+        self.assertFalse(any(f.startswith("functional") for f in failing), failing)
 
 
 class TestReports(unittest.TestCase):
