@@ -1,7 +1,8 @@
 """``python -m compare bench``: forward+backward time and peak memory, mylosses over torch.nn.
 
-Per loss, at the two sizes of its spec's ``bench_case`` (small: overhead-bound; large: 4M
-float32 elements, memory-bound), in one process at one thread:
+Per loss, at each size its spec names (``small``: overhead-bound; ``large``: millions of float32
+elements, memory-bound; variants such as ``large/options`` for a costly combination of options),
+in one process at one thread:
 
 - time: ``rounds`` rounds; in each, ours and torch each run the same number of iterations of
   ``loss = fn(*args); loss.backward(); clear .grad`` (which goes first alternates), timed with
@@ -29,10 +30,9 @@ from compare.cases import Case
 from compare.registry import BenchSize, LossSpec, UsageError, resolve_devices, select_specs
 from compare.report import Progress, environment, write_reports
 
-__all__ = ["DEFAULT_ROUNDS", "SIZES", "peak_memory", "run_bench"]
+__all__ = ["DEFAULT_ROUNDS", "peak_memory", "run_bench"]
 
 DEFAULT_ROUNDS = 15
-SIZES: tuple[BenchSize, ...] = ("small", "large")
 _ROUND_SECONDS = 0.05  # time per side and round; sets the iterations (many when small)
 _MAX_ITERATIONS = 2000
 _MIB = 2**20
@@ -58,12 +58,13 @@ def run_bench(
         results = []
         for dev in devices:
             for spec in specs:
-                bar = Progress(f"{spec.name} {dev}", len(SIZES), enabled=progress)
-                for size in SIZES:
+                sizes = spec.bench_sizes
+                bar = Progress(f"{spec.name} {dev}", len(sizes), enabled=progress)
+                for size in sizes:
                     results.append(_measure(spec, size, dev, rounds))
                     bar.update()
                 bar.close(
-                    ", ".join(f"{r['size']} x{r['time_ratio']:.2f}" for r in results[-len(SIZES) :])
+                    ", ".join(f"{r['size']} x{r['time_ratio']:.2f}" for r in results[-len(sizes) :])
                 )
     finally:
         torch.set_num_threads(threads)

@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -28,7 +28,10 @@ __all__ = [
     "unspecified_losses",
 ]
 
-BenchSize = Literal["small", "large"]
+# "small" (overhead-bound) and "large" (memory-bound) for every loss; a spec may name more, e.g.
+# "large/options" for a costly combination of options that has its own target.
+BenchSize = str
+BENCH_SIZES: tuple[BenchSize, ...] = ("small", "large")
 
 
 class UsageError(ValueError):
@@ -42,13 +45,15 @@ class LossSpec:
     ``name`` is the torch class name (``"MSELoss"``) and the registry key, ``functional`` the
     function name in ``torch.nn.functional`` and ``mylosses.functional``. ``make_case(seed,
     device)`` draws one random configuration, deterministic in ``seed``; ``bench_case(size,
-    device)`` gives the benchmark's fixed case for ``"small"`` or ``"large"``.
+    device)`` gives the benchmark's fixed case for each name in ``bench_sizes`` (``"small"``,
+    ``"large"``, and any variant the spec adds).
     """
 
     name: str
     functional: str
     make_case: Callable[[int, str], Case]
     bench_case: Callable[[BenchSize, str], Case]
+    bench_sizes: tuple[BenchSize, ...] = BENCH_SIZES
 
     @property
     def ours_fn(self) -> Callable[..., Any]:

@@ -28,7 +28,7 @@ truth is finite is torch's (overflow) error, and ours may be better.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -76,14 +76,31 @@ OVERRIDES: dict[tuple[str, torch.dtype], Tolerance] = {}
 _EXACT = Tolerance(rtol=0.0, atol=0.0)
 
 
-def tolerance_for(dtype: torch.dtype, loss: str | None = None) -> Tolerance:
+def tolerance_for(
+    dtype: torch.dtype, loss: str | None = None, inputs: Iterable[torch.dtype] = ()
+) -> Tolerance:
     """The tolerance for a tensor of ``dtype`` (complex dtypes use their real dtype's; integer
-    and bool tensors must be equal), with ``loss``'s override if it has one."""
+    and bool tensors must be equal), with ``loss``'s override if it has one.
+
+    ``inputs`` are the dtypes of the case's tensors. Where one of them is less precise than
+    ``dtype`` (a float64 result of a float32 input and a float64 target), torch may compute in
+    the lower precision and promote at the end (``binary_cross_entropy_with_logits`` does): its
+    result then carries that precision's rounding, and a disagreement is arbitrated against the
+    float64 truth (ours must be no farther from it than torch is), as for float32 results."""
     if dtype.is_complex:
         dtype = dtype.to_real()
     if loss is not None and (loss, dtype) in OVERRIDES:
         return OVERRIDES[(loss, dtype)]
-    return TOLERANCES.get(dtype, _EXACT)
+    tol = TOLERANCES.get(dtype, _EXACT)
+    if tol is not _EXACT and tol.factor is None and any(_coarser(d, dtype) for d in inputs):
+        return replace(tol, arbitrate=True)
+    return tol
+
+
+def _coarser(a: torch.dtype, b: torch.dtype) -> bool:
+    """Whether floating dtype ``a`` holds fewer significant bits than ``b``."""
+    a = a.to_real() if a.is_complex else a
+    return a.is_floating_point and torch.finfo(a).eps > torch.finfo(b).eps
 
 
 def loosest_tolerance(dtypes: Iterable[torch.dtype], loss: str | None = None) -> Tolerance:
