@@ -144,7 +144,7 @@ def has_tag(case: Case, *tags: str) -> bool:
 
 
 # Labels of cases that are not "ordinary": ties on the loss's kinks, huge or non-finite values,
-# invalid options, empty and large shapes, legacy arguments.
+# invalid options, empty and large shapes, legacy arguments, targets valid only with an option.
 UNUSUAL_TAGS = (
     "ties",
     "big",
@@ -154,6 +154,7 @@ UNUSUAL_TAGS = (
     "large",
     "legacy",
     "elementwise_mean",
+    "outside",  # class targets outside [0, C) that only the case's ignore_index makes valid
 )
 
 
@@ -221,18 +222,21 @@ def reduction_of(case: Case) -> str:
 
 
 def broadcasts(case: Case) -> bool:
-    """Whether the positional tensors have different shapes."""
-    shapes = {tuple(a.shape) for a in case.args if isinstance(a, torch.Tensor)}
+    """Whether the positional floating-point tensors have different shapes. (An integer
+    tensor, such as an (N,) class-index target of an (N, C) input, is an index, not a value
+    broadcast against the others.)"""
+    shapes = {
+        tuple(a.shape)
+        for a in case.args
+        if isinstance(a, torch.Tensor) and (a.is_floating_point() or a.is_complex())
+    }
     return len(shapes) > 1
 
 
 def scalar_params(case: Case) -> dict[str, float]:
-    """The case's keyword options that are numbers (delta, beta, margin, eps, ...)."""
-    return {
-        k: v
-        for k, v in case.kwargs.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
+    """The case's keyword options that are floats (delta, beta, margin, eps, label_smoothing,
+    ...); integer options such as ignore_index are indices, not values to vary."""
+    return {k: v for k, v in case.kwargs.items() if isinstance(v, float)}
 
 
 # -- messages ----------------------------------------------------------------------------------

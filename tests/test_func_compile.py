@@ -233,6 +233,13 @@ def _batch(case: Case, names: list[str]) -> list[torch.Tensor]:
             ]
             if n == "weight":
                 samples = [s.abs() for s in samples]
+            elif t.numel() and bool((t >= 0).all() and (t <= 1).all()):
+                # Values in [0, 1] (probabilities) stay there: each sample moves part of the
+                # way towards random values in [0, 1], a convex combination.
+                samples = [
+                    t + (torch.rand(t.shape, generator=gen, dtype=t.dtype) - t) * (0.5 * i / BATCH)
+                    for i in range(BATCH)
+                ]
         else:
             samples = [t] * BATCH
         out.append(torch.stack(samples))
