@@ -10,13 +10,17 @@ from mylosses._patch import patch_torch, swap_modules
 from mylosses.losses.huber import HuberLoss
 from mylosses.losses.l1 import L1Loss
 from mylosses.losses.mse import MSELoss
+from mylosses.losses.multilabel_soft_margin import MultiLabelSoftMarginLoss
 from mylosses.losses.smooth_l1 import SmoothL1Loss
+from mylosses.losses.soft_margin import SoftMarginLoss
 
 __all__ = [
     "HuberLoss",
     "L1Loss",
     "MSELoss",
+    "MultiLabelSoftMarginLoss",
     "SmoothL1Loss",
+    "SoftMarginLoss",
     "functional",
     "patch_torch",
     "swap_modules",
