@@ -7,18 +7,22 @@
 
 from mylosses import functional
 from mylosses._patch import patch_torch, swap_modules
+from mylosses.losses.cross_entropy import CrossEntropyLoss
 from mylosses.losses.huber import HuberLoss
 from mylosses.losses.l1 import L1Loss
 from mylosses.losses.mse import MSELoss
 from mylosses.losses.multilabel_soft_margin import MultiLabelSoftMarginLoss
+from mylosses.losses.nll import NLLLoss
 from mylosses.losses.smooth_l1 import SmoothL1Loss
 from mylosses.losses.soft_margin import SoftMarginLoss
 
 __all__ = [
+    "CrossEntropyLoss",
     "HuberLoss",
     "L1Loss",
     "MSELoss",
     "MultiLabelSoftMarginLoss",
+    "NLLLoss",
     "SmoothL1Loss",
     "SoftMarginLoss",
     "functional",

@@ -1,17 +1,21 @@
 """Drop-in replacements for the loss functions of ``torch.nn.functional`` (re-exports only)."""
 
+from mylosses.losses.cross_entropy import cross_entropy
 from mylosses.losses.huber import huber_loss
 from mylosses.losses.l1 import l1_loss
 from mylosses.losses.mse import mse_loss
 from mylosses.losses.multilabel_soft_margin import multilabel_soft_margin_loss
+from mylosses.losses.nll import nll_loss
 from mylosses.losses.smooth_l1 import smooth_l1_loss
 from mylosses.losses.soft_margin import soft_margin_loss
 
 __all__ = [
+    "cross_entropy",
     "huber_loss",
     "l1_loss",
     "mse_loss",
     "multilabel_soft_margin_loss",
+    "nll_loss",
     "smooth_l1_loss",
     "soft_margin_loss",
 ]

@@ -123,7 +123,9 @@ class TestPlantedBugs(unittest.TestCase):
     def test_the_plant_changes_the_numbers(self) -> None:
         """Sanity of the plant itself: inside it, our gradient is 1.001 times what it was."""
         name = LOSS_NAMES[0]
-        case = find_cases(name, lambda c: real_floating(c) and c.args[0].numel() > 0)[0]
+        case = find_cases(
+            name, lambda c: real_floating(c) and c.args[0].numel() > 0 and torch_runs_cleanly(c)
+        )[0]
         c0 = with_grads(case, {case.arg_name(0)})
         x0 = c0.args[0]
         spec(name).ours_fn(*c0.args, **c0.kwargs).sum().backward()
