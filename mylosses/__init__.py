@@ -7,6 +7,8 @@
 
 from mylosses import functional
 from mylosses._patch import patch_torch, swap_modules
+from mylosses.losses.bce import BCELoss
+from mylosses.losses.bce_with_logits import BCEWithLogitsLoss
 from mylosses.losses.cross_entropy import CrossEntropyLoss
 from mylosses.losses.huber import HuberLoss
 from mylosses.losses.l1 import L1Loss
@@ -17,6 +19,8 @@ from mylosses.losses.smooth_l1 import SmoothL1Loss
 from mylosses.losses.soft_margin import SoftMarginLoss
 
 __all__ = [
+    "BCELoss",
+    "BCEWithLogitsLoss",
     "CrossEntropyLoss",
     "HuberLoss",
     "L1Loss",

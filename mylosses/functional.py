@@ -1,5 +1,7 @@
 """Drop-in replacements for the loss functions of ``torch.nn.functional`` (re-exports only)."""
 
+from mylosses.losses.bce import binary_cross_entropy
+from mylosses.losses.bce_with_logits import binary_cross_entropy_with_logits
 from mylosses.losses.cross_entropy import cross_entropy
 from mylosses.losses.huber import huber_loss
 from mylosses.losses.l1 import l1_loss
@@ -10,6 +12,8 @@ from mylosses.losses.smooth_l1 import smooth_l1_loss
 from mylosses.losses.soft_margin import soft_margin_loss
 
 __all__ = [
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
     "cross_entropy",
     "huber_loss",
     "l1_loss",
