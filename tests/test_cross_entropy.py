@@ -8,12 +8,17 @@
 - every target ignored: 'mean' is nan, 'sum' 0, the gradient 0; a zero total weight;
 - torch's exact messages for bad calls;
 - label_smoothing outside [0, 1]: negative and nan mean no smoothing, above 1 is an error;
-- the fused kernel over several blocks of rows, and its one logits-sized buffer.
+- the fused kernel over several blocks of rows, and its one logits-sized buffer;
+- the short paths of small plain calls (``_CEShort``, ``_NLLShort``): the Function they run,
+  their fallbacks (targets out of range or ignored, non-finite log-probabilities, many
+  classes, non-contiguous inputs), their backward (upstream gradient not 1, a retained graph's
+  second backward, double backward, batched gradients) and the eval path.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import unittest
 import warnings
 from typing import Any
@@ -307,6 +312,134 @@ class TestFusedKernel(unittest.TestCase):
         step()
         logits = x.numel() * x.element_size()
         self.assertLess(peak_memory(step, "cpu"), 1.1 * logits)
+
+
+def _short_call(loss: str, x: torch.Tensor, t: torch.Tensor, **kw: Any) -> list[Any]:
+    """Ours and torch's (output, gradient) for the same call, upstream gradient ``up``."""
+    up = kw.pop("up", None)
+    res = []
+    for fn in (M, F):
+        f = fn.cross_entropy if loss == "ce" else fn.nll_loss
+        a = x.detach().clone().requires_grad_()
+        out = f(a, t, **kw)
+        g = torch.ones_like(out) if up is None else torch.full_like(out, up)
+        res.append((out, torch.autograd.grad(out, a, g)[0], out.grad_fn))
+    return res
+
+
+SHORT_ROWS = [
+    (loss, red, dtype)
+    for loss in ("ce", "nll")
+    for red in ("mean", "sum")
+    for dtype in ("32", "64")
+]
+
+
+class TestShortPath(unittest.TestCase):
+    """Small plain calls: a Function of their own, and every way out of it."""
+
+    def _same(self, loss: str, x: torch.Tensor, t: torch.Tensor, short: bool, **kw: Any) -> None:
+        (out, grad, node), (t_out, t_grad, _) = _short_call(loss, x, t, **kw)
+        tol = {"rtol": 1e-5, "atol": 1e-6} if x.dtype == torch.float32 else {}
+        torch.testing.assert_close(out, t_out, **tol, equal_nan=True)
+        torch.testing.assert_close(grad, t_grad, **tol, equal_nan=True)
+        name = type(node).__name__
+        self.assertEqual("Short" in name, short, f"{name}: short path expected: {short}")
+
+    @parameterized.expand(SHORT_ROWS, name_func=safe_name)
+    def test_plain(self, loss: str, reduction: str, dtype: str) -> None:
+        x = _logits("2d", getattr(torch, f"float{dtype}"))
+        if loss == "nll":
+            x = x.log_softmax(1)
+        t = _classes(x.shape)
+        self._same(loss, x, t, True, reduction=reduction)
+        self._same(loss, x, t, True, reduction=reduction, up=0.5)
+        with torch.no_grad():
+            ours = (M.cross_entropy if loss == "ce" else M.nll_loss)(x, t, reduction=reduction)
+        theirs = (F.cross_entropy if loss == "ce" else F.nll_loss)(x, t, reduction=reduction)
+        torch.testing.assert_close(ours, theirs)
+
+    @parameterized.expand([("ce",), ("nll",)], name_func=safe_name)
+    def test_targets_out_of_range_or_ignored(self, loss: str) -> None:
+        x = _logits("2d")
+        ours = M.cross_entropy if loss == "ce" else M.nll_loss
+        theirs = F.cross_entropy if loss == "ce" else F.nll_loss
+        for bad in (5, -1, 99):
+            t = _classes(x.shape)
+            t[2] = bad
+            err = assert_same_exception(
+                lambda t=t: ours(x, t), lambda t=t: theirs(x, t), match_message=True
+            )
+            self.assertIsNotNone(err)
+        t = _classes(x.shape)
+        t[1] = -100  # the default ignore_index: the general path
+        self._same(loss, x, t, False)
+        t = torch.tensor([1, 2, 2, 3])
+        self._same(loss, x, t, False, ignore_index=2)  # an ignore_index that is there
+        self._same(loss, x, t, loss == "ce", ignore_index=4)  # (CE looks: not there)
+        self._same(loss, x, t, True, ignore_index=7)  # beyond the classes: never a target
+
+    @parameterized.expand(
+        [(k, d) for k in ("-inf", "inf", "nan", "target -inf") for d in ("32", "64")],
+        name_func=safe_name,
+    )
+    def test_nll_non_finite_log_probabilities(self, kind: str, dtype: str) -> None:
+        """0 * inf must not reach the loss: a log-probability of -inf elsewhere than at the
+        target leaves it finite (as torch), one at the target makes it inf."""
+        x = _logits("2d", getattr(torch, f"float{dtype}")).log_softmax(1)
+        t = _classes(x.shape)
+        value = {"-inf": -math.inf, "inf": math.inf, "nan": math.nan}.get(kind, -math.inf)
+        x[0, (int(t[0]) + 1) % 5] = value
+        if kind == "target -inf":
+            x[1, int(t[1])] = -math.inf
+        for reduction in ("mean", "sum"):
+            self._same("nll", x, t, True, reduction=reduction)
+
+    def test_nll_many_classes_and_layouts(self) -> None:
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(6, 300, generator=g, dtype=torch.float64).log_softmax(1)
+        t = torch.randint(0, 300, (6,), generator=g)
+        self._same("nll", x, t, True)  # (zeros with -r scattered in, the loss gathered)
+        xt = torch.randn(5, 6, generator=g, dtype=torch.float64).log_softmax(0).t()
+        self._same("nll", xt, torch.randint(0, 5, (6,), generator=g), True)  # transposed
+        self._same("ce", xt, torch.randint(0, 5, (6,), generator=g), False)
+
+    @parameterized.expand([("ce",), ("nll",)], name_func=safe_name)
+    def test_second_backward_and_double_backward(self, loss: str) -> None:
+        x = _logits("2d").requires_grad_()
+        t = _classes(x.shape)
+        f = M.cross_entropy if loss == "ce" else M.nll_loss
+        out = f(x, t)
+        self.assertIn("Short", type(out.grad_fn).__name__)
+        first = torch.autograd.grad(out, x, retain_graph=True)[0]
+        first_copy = first.clone()
+        first.mul_(3.0)  # (the stashed gradient was handed out: ours no more)
+        second = torch.autograd.grad(out, x, retain_graph=True)[0]
+        torch.testing.assert_close(second, first_copy, rtol=0, atol=0)
+        (g,) = torch.autograd.grad(f(x, t), x, create_graph=True)
+        (g_t,) = torch.autograd.grad(
+            F.cross_entropy(x, t) if loss == "ce" else F.nll_loss(x, t), x, create_graph=True
+        )
+        torch.testing.assert_close(g, g_t)
+        v = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(4))
+        if loss == "ce":  # (NLL's gradient does not depend on the input: no second derivative)
+            hv = torch.autograd.grad((g * v).sum(), x)[0]
+            hv_t = torch.autograd.grad((g_t * v).sum(), x)[0]
+            torch.testing.assert_close(hv, hv_t)
+        self.assertTrue(
+            torch.autograd.gradgradcheck(lambda a: f(a, t), (x.detach().requires_grad_(),))
+        )
+
+    @parameterized.expand([("ce",), ("nll",)], name_func=safe_name)
+    def test_batched_upstream_gradients(self, loss: str) -> None:
+        x = _logits("2d").requires_grad_()
+        t = _classes(x.shape)
+        f = M.cross_entropy if loss == "ce" else M.nll_loss
+        ups = torch.tensor([1.0, 2.0, -0.5], dtype=x.dtype)
+        ours = torch.autograd.grad(f(x, t), x, ups, is_grads_batched=True)[0]
+        g_t = F.cross_entropy if loss == "ce" else F.nll_loss
+        theirs = torch.autograd.grad(g_t(x, t), x, ups, is_grads_batched=True)[0]
+        torch.testing.assert_close(ours, theirs)
 
 
 class TestModules(unittest.TestCase):

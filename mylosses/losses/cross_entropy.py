@@ -53,7 +53,7 @@ the shift :math:`m` and :math:`\log \sum_j e^{x_j - m}`, so that logits of 1e4 k
 log-probabilities), never the softmax. A retained graph's second backward reruns forward's
 kernel (the same bits); with ``create_graph=True`` the gradient is recomputed with
 differentiable ops, the log-sum-exp included. A batch of a few rows (``(N, C)``, no options)
-takes a short path with the same arithmetic and fewer Python steps.
+takes a short path (``_CEShort``) with the same arithmetic and as few Python steps as it can.
 
 Surprises in torch: a target of the input's shape means probabilities (then
 ``ignore_index >= 0`` is an error); ``label_smoothing`` must be at most 1 but may be negative
@@ -101,7 +101,6 @@ class _Setup:
         "precompute",
         "prob",
         "reduction",
-        "small",
     )
 
     def __init__(
@@ -121,7 +120,6 @@ class _Setup:
         self.any_ignored = any_ignored  # False/True when known, None when not checked
         self.precompute = precompute  # forward writes the input's gradient (eager only)
         self.dtype = dtype  # the result's dtype
-        self.small = False  # the short path of _small (one plain (N, C) block)
 
 
 def _wsum(t3: Tensor, w: Tensor | None) -> Tensor:
@@ -381,8 +379,6 @@ def _forward(
     input: Tensor, target: Tensor, weight: Tensor | None, s: _Setup, need_grad: bool
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """(result, the input's gradient before the upstream factor or None, lse)."""
-    if s.small:
-        return _small(input, target, s.reduction, need_grad)
     p = _prepare(input, target, weight, s)
     a = b = e = total = None
     if not s.prob:
@@ -400,64 +396,121 @@ def _forward(
     return out, G, lse
 
 
-def _small(
-    x: Tensor, target: Tensor, reduction: int, need_grad: bool
-) -> tuple[Tensor, Tensor | None, Tensor]:
-    """The common small call, kept short (every op costs microseconds at a batch of 8): an
-    (N, C) contiguous float32/float64 input, int64 class targets all in range, no weight, no
-    smoothing, 'mean' or 'sum'. The same arithmetic as ``_fused``'s one block: with
-    :math:`e = e^{x - m}` and :math:`s = \\sum e`, the gradient
-    :math:`r (p - [c = t]) = (e - s [c = t]) \\cdot r / s`."""
-    t1 = target.unsqueeze(1)
+# -- the short path -----------------------------------------------------------------------
+#
+# The common small call: a contiguous (N, C) float32/float64 CPU input, int64 class targets, no
+# weight, no smoothing, 'mean' or 'sum', in eager mode. At a batch of 8 every op and every
+# Python check costs microseconds, about what torch's whole kernel takes, so this path is a
+# Function of its own that does the least. A *plan* per call signature (shapes, dtypes,
+# reduction, ignore_index), made once after the full checks, holds the constants; looking it up
+# replaces most checks of later calls. The arithmetic is ``_fused``'s one block: with
+# :math:`e = e^{x - m}` and :math:`s = \sum_c e_c`, the loss :math:`r \sum_n (\log s_n - (x -
+# m)_{n, t_n})` (one dot product with (r, ..., r)) and the gradient
+# :math:`r\,(e / s - [c = t])`, written over ``e`` in place (``e / (s / r)``, then -r added at
+# each target). Backward hands it out, times the upstream gradient unless that is exactly 1
+# (reading a CPU scalar costs less than a multiplication); a second backward through a
+# retained graph reruns forward's kernel, and a double backward recomputes the gradient with
+# differentiable ops (``_gradients``). No range check: ``gather`` raises on a target outside
+# [0, C); an ignore_index that could be a class is looked for with one ``aminmax``. A target
+# that is ignored or out of range makes the functional fall back to the general path, which
+# says which.
+#
+# _CEShort is in the old style (forward takes ctx), so that forward hands the gradient it made
+# to ctx directly: the functional never applies it under a functorch transform or
+# torch.compile (where _CrossEntropy runs).
+
+
+class _Plan:
+    __slots__ = ("minus_r", "n", "reduction", "scan", "setup", "w")
+
+    def __init__(self, n: int, c: int, dtype: torch.dtype, reduction: int, ignore_index: int):
+        r = 1.0 / n if reduction == MEAN else 1.0
+        # s * n = s / r (None: r = 1, nothing to scale); a tensor: a Python number would be
+        # wrapped into one on every call
+        self.n = torch.tensor(float(n), dtype=dtype) if reduction == MEAN else None
+        self.reduction = reduction
+        self.w = torch.full((n,), r, dtype=dtype)
+        self.minus_r = torch.full((n, 1), -r, dtype=dtype)
+        self.scan = 0 <= ignore_index < c  # a target could be ignore_index: look first
+        self.setup = _Setup(reduction, 0.0, -100, False, False, True, dtype)  # (_gradients')
+
+
+_PLANS: dict[tuple, _Plan] = {}
+
+
+def _plan(input: Tensor, target: Tensor, reduction: str, ignore_index: int) -> _Plan | None:
+    """The plan of a call whose plain arguments qualify (see ``cross_entropy``), or None."""
+    shape = input.shape
+    if not (
+        len(shape) == 2
+        and target.dim() == 1
+        and target.dtype is _INT64
+        and (input.dtype is _FLOAT32 or input.dtype is _FLOAT64)
+        and shape[0] == target.shape[0]
+        and shape[0] > 0
+    ):
+        return None
+    if len(_PLANS) >= 32:  # (a training loop has one or two signatures)
+        _PLANS.clear()
+    red = MEAN if reduction == "mean" else SUM
+    plan = _Plan(shape[0], shape[1], input.dtype, red, ignore_index)
+    _PLANS[(shape, target.shape, input.dtype, target.dtype, reduction, ignore_index)] = plan
+    return plan
+
+
+def _short(x: Tensor, target: Tensor, plan: _Plan, need_grad: bool) -> tuple[Tensor, Any]:
+    """(loss, gradient before the upstream factor or None), see above."""
+    t1 = target.view(-1, 1)
     m = x.amax(1, keepdim=True)
     D = x - m
     Dt = D.gather(1, t1)
     D.exp_()
-    ssum = D.sum(1, keepdim=True)
-    per_row = ssum.log() - Dt
-    mean = reduction == MEAN
-    out = per_row.sum() * (1.0 / x.shape[0]) if mean else per_row.sum()
-    # (the third output, the log-sum-exp, is not needed here: a double backward recomputes
-    # it; m stands in, an existing tensor)
+    s = D.sum(1, keepdim=True)
+    loss = s.log().sub_(Dt).view(-1) @ plan.w
     if not need_grad:
-        return out, None, m
-    D.scatter_add_(1, t1, -ssum)
-    D.div_(ssum * float(x.shape[0]) if mean else ssum)  # r / s, r = 1 / N for the mean
-    return out, D, m
+        return loss, None
+    D.div_(s if plan.n is None else s.mul_(plan.n))
+    return loss, D.scatter_add_(1, t1, plan.minus_r)
 
 
-_SMALL_SETUPS: dict[tuple[int, torch.dtype, bool], _Setup] = {}
+class _CEShort(torch.autograd.Function):
+    """The short path's loss and gradient (see above)."""
+
+    @staticmethod
+    def forward(ctx: Any, input: Tensor, target: Tensor, plan: _Plan) -> Tensor:
+        # saved so that autograd notices an in-place change of the logits before a second
+        # backward (the gradient depends on their values)
+        ctx.save_for_backward(input, target)
+        ctx.plan = plan
+        loss, ctx.stashed_gradient = _short(input, target, plan, True)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple:
+        G = ctx.stashed_gradient
+        ctx.stashed_gradient = None
+        if G is None or _grad_enabled():
+            input, target = ctx.saved_tensors
+            plan = ctx.plan
+            if _grad_enabled():  # double backward: differentiable ops
+                gi = _gradients(input, target, None, None, plan.setup, grad, (True, False, False))
+                return gi[0], None, None
+            G = _short(input, target, plan, True)[1]  # a retained graph's second backward:
+            # forward's kernel again (the same bits)
+        if _is_legacy_batched(grad) or _transforms_active() or _is_compiling():
+            return G * grad, None, None
+        if grad.is_cpu and grad.item() == 1.0:
+            return G, None, None
+        return G.mul_(grad), None, None
 
 
-def _small_setup(reduction: int, dtype: torch.dtype, with_grad: bool) -> _Setup:
-    key = (reduction, dtype, with_grad)
-    setup = _SMALL_SETUPS.get(key)
-    if setup is None:
-        setup = _Setup(reduction, 0.0, -100, False, False, with_grad, dtype)
-        setup.small = True
-        _SMALL_SETUPS[key] = setup
-    return setup
-
-
-def _small_call(input: Any, target: Any, weight: Any, ignore_index: Any, eps: Any) -> bool:
-    """Whether a call is ``_small``'s (its target values are checked by the caller)."""
-    return (
-        weight is None
-        and type(input) is Tensor
-        and type(target) is Tensor
-        and type(ignore_index) is int
-        and (eps == 0.0 or (type(eps) is float and not eps > 0.0))
-        and input.dim() == 2
-        and target.dim() == 1
-        and target.dtype == torch.int64
-        and (input.dtype == torch.float32 or input.dtype == torch.float64)
-        and input.shape[0] == target.shape[0]
-        and input.shape[0] > 0
-        and input.is_contiguous()
-        and input.device.type == "cpu"
-        and not _function.transforms_active()
-        and not _function._is_compiling()
-    )
+_is_legacy_batched = torch._C._functorch.is_legacy_batchedtensor
+_grad_enabled = torch.is_grad_enabled
+_transforms_active = _function.transforms_active
+_is_compiling = _function._is_compiling
+_SHORT_APPLY = super(torch.autograd.Function, _CEShort).apply  # (see _function.apply)
+_FAST_APPLY = _function.apply
+_FLOAT32, _FLOAT64, _INT64 = torch.float32, torch.float64, torch.int64
 
 
 def _gradients(
@@ -475,7 +528,7 @@ def _gradients(
     arr, x3, w = p.arr, p.x3, p.w
     C = arr.C
     eps = s.eps
-    if lse is None or s.small or torch.is_grad_enabled():
+    if lse is None or torch.is_grad_enabled():
         m = _shift(x3.detach())  # a constant shift: lse's derivative is the softmax
         D = x3 - m
         logs = D.exp().sum(1, keepdim=True).log()
@@ -551,8 +604,6 @@ class _CrossEntropy(torch.autograd.Function):
             return None, None, None, None
         s: _Setup = ctx.setup
         G = _function.take_gradient(ctx)
-        if G is not None and s.small:  # (only the input has a gradient there)
-            return _function.times_upstream(G, grad_loss), None, None, None
         needs = ctx.needs_input_grad[:3]
         input, target, weight, lse = ctx.saved_tensors
         _cls.check_backward(input, target, s.prob)
@@ -613,25 +664,42 @@ def cross_entropy(
             reduction=reduction,
             label_smoothing=label_smoothing,
         )
+    # The short path (see _CEShort): the plan of a known signature stands for most checks.
+    if (
+        weight is None
+        and type(input) is Tensor
+        and type(target) is Tensor
+        and type(ignore_index) is int
+        and type(label_smoothing) is float
+        and not label_smoothing > 0.0  # (0, or negative or nan: no smoothing)
+        and size_average is None
+        and reduce is None
+        and (reduction == "mean" or reduction == "sum")
+        and input.is_cpu  # (gather's range check raises there; a GPU would assert)
+        and input.is_contiguous()
+        and not _transforms_active()
+        and not _is_compiling()
+    ):
+        plan = _PLANS.get(
+            (input.shape, target.shape, input.dtype, target.dtype, reduction, ignore_index)
+        ) or _plan(input, target, reduction, ignore_index)
+        if plan is not None:
+            short = True
+            if plan.scan:  # an ignore_index that could be a class: is it there?
+                lo, hi = torch.aminmax(target)
+                short = not int(lo) <= ignore_index <= int(hi)
+            if short:
+                try:
+                    if not (input.requires_grad and _grad_enabled()):
+                        return _short(input, target, plan, False)[0]
+                    if _function.apply is _FAST_APPLY:
+                        return _SHORT_APPLY(input, target, plan)
+                    return _function.apply(_CEShort, input, target, plan)
+                except RuntimeError:
+                    pass  # an out-of-range target: the general path says which
     if size_average is not None or reduce is not None:
         reduction = _reduction.legacy_get_string(size_average, reduce)
     red = _reduction.get_enum(reduction)
-    if red != NONE and _small_call(input, target, weight, ignore_index, label_smoothing):
-        # A negative ignore_index can only be hit by a target that gather rejects: then the
-        # general path below decides (ignored, or torch's IndexError). One that could be a
-        # class is looked for first.
-        short = ignore_index < 0
-        if not short:
-            lo, hi = torch.aminmax(target)
-            short = not int(lo) <= ignore_index <= int(hi)
-        if short:
-            try:
-                if not _function.needs_autograd(input):
-                    return _small(input, target, red, False)[0]
-                setup = _small_setup(red, input.dtype, input.requires_grad)
-                return _function.apply(_CrossEntropy, input, target, None, setup)[0]
-            except RuntimeError:
-                pass
     _check_types(input, target, weight, ignore_index, label_smoothing)
     ignore_index = int(ignore_index)
     eps = _validation.float_argument("cross_entropy_loss", "label_smoothing", 6, label_smoothing)
