@@ -103,8 +103,32 @@ def _derivative(input: Tensor, target: Tensor, work: torch.dtype, stable: bool) 
     if stable:
         d = -y * torch.sigmoid(-t)
         return d.masked_fill(t < -LOG_MAX64, math.nan)
-    z = torch.exp(-t)
-    return -y * z / (1 + z)
+    return _function.apply(_TorchDerivative, x, y)
+
+
+class _TorchDerivative(torch.autograd.Function):
+    """dl/dx = -y z / (1 + z), z = exp(-x y), as torch writes it, with torch's second
+    derivative y^2 z / ((1 + z)(1 + z)). (Left to autograd, the first derivative's form would
+    give y^2 z / (1 + z) - y^2 z^2 / (1 + z)^2: two overflowing terms, -inf or nan where x y is
+    below -355 in float64, although the truth and torch's value are 0 there.)"""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, y: Tensor) -> Tensor:
+        z = torch.exp(-x * y)
+        return -y * z / (1 + z)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        x, y = ctx.saved_tensors  # (the target never requires grad: torch forbids it)
+        z = torch.exp(-x * y)
+        zp1 = 1 + z
+        return grad * (y * y) * z / (zp1 * zp1), None  # torch's order (where it overflows)
 
 
 def _loss(input: Tensor, target: Tensor, reduction: int) -> Tensor:
