@@ -20,6 +20,7 @@ from parameterized import parameterized
 
 import mylosses.functional as M
 from compare.parity import assert_same_exception
+from compare.tolerances import compare_tensors
 
 f64 = torch.float64
 
@@ -162,6 +163,26 @@ def _bce_small_inputs(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.tensor([0.0, 1.0, tiny, 1e-13, near_one, 0.3, 0.7, 0.5], dtype=dtype)
     t = torch.tensor([0.0, 1.0, 0.25, 0.0, 1.0, 0.6, 0.1, 1.0], dtype=dtype)
     return x, t
+
+
+class TestCancellation(unittest.TestCase):
+    @parameterized.expand([(n, pw) for n in (11, 300_000) for pw in (False, True)])
+    def test_big_logits_do_not_cancel_in_the_sum(self, n: int, pos_weight: bool) -> None:
+        """Logits of +-4e3 whose loss is 0 beside ordinary ones: the 'mean' must keep the
+        ordinary ones' digits in float32 (a sum of (1 - y) x minus a sum of log sigma(x)
+        cancels to a few; compare check case 123200192). Judged against the float64 truth."""
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n, generator=g)
+        x[0::3] = -4000.0 - torch.rand(len(x[0::3]), generator=g)
+        t = (torch.rand(3 * n, generator=g) > 0.5).float()[::3]  # strided: not the short path
+        t[0::3] = 0.0
+        kw = {"pos_weight": torch.rand(n, generator=g) + 0.5} if pos_weight else {}
+        ours = M.binary_cross_entropy_with_logits(x.requires_grad_(), t, **kw)
+        theirs = F.binary_cross_entropy_with_logits(x.detach(), t, **kw)
+        kw64 = {k: v.double() for k, v in kw.items()}
+        truth = F.binary_cross_entropy_with_logits(x.detach().double(), t.double(), **kw64)
+        failure = compare_tensors("mean", ours.detach(), theirs, truth)
+        self.assertIsNone(failure, failure)
 
 
 class TestShortPath(unittest.TestCase):

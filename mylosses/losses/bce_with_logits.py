@@ -146,17 +146,18 @@ def _fused_block(
         if out is None:
             total = e.sum()
     else:
+        # The elementwise loss summed, not sum((1 - y) x) - sum(lambda log sigma(x)): for logits
+        # of 1e3 those two sums cancel and float32 would keep only a few digits of the rest.
         assert s3 is not None
-        u = torch.neg(t, out=s3).add_(1)  # 1 - y: exact, and 0 * inf stays nan as in torch
-        ux = torch.dot(_flat(u), _flat(x))
+        e = torch.neg(t, out=s3).add_(1).mul_(x)  # 1 - y: exact, 0 * inf stays nan as in torch
         if lw is not None:  # lambda carries c already
-            total = (
-                ux * c - torch.dot(_flat(lw), _flat(ls))
-                if c != 1.0
-                else ux - torch.dot(_flat(lw), _flat(ls))
-            )
+            if c != 1.0:
+                e.mul_(c)
+            total = e.addcmul_(lw, ls, value=-1).sum()
         else:
-            total = (ux - ls.sum()) * c if c != 1.0 else ux - ls.sum()
+            total = e.sub_(ls).sum()
+            if c != 1.0:
+                total = total * c
     if g is not None:
         g.exp_()  # sigma(x) = exp(log sigma(x))
         if lw is not None and pw is not None and lw0 is not None:
