@@ -20,6 +20,7 @@ import torch
 from compare.cases import Case
 from compare.check import replay_command
 from compare.registry import REGISTRY, LossSpec
+from compare.tolerances import compare_tensors
 from mylosses import _registry
 
 ENTRIES = _registry.entries()
@@ -253,6 +254,14 @@ def failure_message(case: Case, failures: list[str], note: str = "") -> str:
         lines.append(f"note: {note}")
     lines += [f"- {f}" for f in failures]
     return "\n".join(lines)
+
+
+def assert_close_to_torch(ours: Any, theirs: Any, what: str = "value") -> None:
+    """Our tensor against torch's, within the one tolerance table (``compare/tolerances.py``):
+    same shape and dtype, NaN where torch has NaN, infinities of the same sign."""
+    failure = compare_tensors(what, ours, theirs)
+    if failure is not None:
+        raise AssertionError(failure)
 
 
 def assert_tensors_equal(test: Any, what: str, ours: Any, theirs: Any) -> None:

@@ -21,6 +21,7 @@ from parameterized import parameterized
 import mylosses.functional as M
 from compare.parity import assert_same_exception
 from compare.tolerances import compare_tensors
+from tests._support import assert_close_to_torch
 
 f64 = torch.float64
 
@@ -58,7 +59,7 @@ class TestErrors(unittest.TestCase):
         )
         self.assertIsInstance(err, RuntimeError)
         with torch.no_grad():
-            torch.testing.assert_close(
+            assert_close_to_torch(
                 M.binary_cross_entropy_with_logits(x, t, **kw),
                 F.binary_cross_entropy_with_logits(x, t, **kw),
             )
@@ -100,9 +101,9 @@ class TestExtremes(unittest.TestCase):
         t = torch.rand(n, dtype=f64)
         a, ga, _ = _grads(M.binary_cross_entropy, x, t, reduction=reduction)
         b, gb, _ = _grads(F.binary_cross_entropy, x, t, reduction=reduction)
-        torch.testing.assert_close(a, b)
+        assert_close_to_torch(a, b)
         for u, v in zip(ga, gb, strict=True):
-            torch.testing.assert_close(u, v, equal_nan=True)
+            assert_close_to_torch(u, v)
 
     def test_bce_double_backward_at_zero_and_one(self) -> None:
         x = torch.tensor([0.0, 0.3, 1.0, 0.5], dtype=f64)
@@ -112,7 +113,7 @@ class TestExtremes(unittest.TestCase):
             _, (gx, gt), (xl, tl) = _grads(fn, x, t, create_graph=True, reduction="sum")
             results.append(torch.autograd.grad(gx.sum() + gt.sum(), (xl, tl)))
         for u, v in zip(*results, strict=True):
-            torch.testing.assert_close(u, v, equal_nan=True)
+            assert_close_to_torch(u, v)
 
     @parameterized.expand(
         [
@@ -138,9 +139,9 @@ class TestExtremes(unittest.TestCase):
         for kw in ({"pos_weight": pw}, {"pos_weight": pw, "weight": w}):
             a, ga, _ = _grads(M.binary_cross_entropy_with_logits, x, t, reduction=reduction, **kw)
             b, gb, _ = _grads(F.binary_cross_entropy_with_logits, x, t, reduction=reduction, **kw)
-            torch.testing.assert_close(a, b)
+            assert_close_to_torch(a, b)
             for u, v in zip(ga, gb, strict=True):
-                torch.testing.assert_close(u, v)
+                assert_close_to_torch(u, v)
 
     @parameterized.expand([("bce",), ("logits",)])
     def test_retained_graph_second_backward(self, which: str) -> None:
@@ -204,11 +205,11 @@ class TestShortPath(unittest.TestCase):
         x[1, 2], t[1, 2] = xs[keep], ts[keep]
         a, ga, _ = _grads(M.binary_cross_entropy, x, t, reduction=reduction)
         b, gb, _ = _grads(F.binary_cross_entropy, x, t, reduction=reduction)
-        torch.testing.assert_close(a, b)
+        assert_close_to_torch(a, b)
         for u, v in zip(ga, gb, strict=True):
-            torch.testing.assert_close(u, v, equal_nan=True)
+            assert_close_to_torch(u, v)
         with torch.no_grad():
-            torch.testing.assert_close(M.binary_cross_entropy(x, t, reduction=reduction), b)
+            assert_close_to_torch(M.binary_cross_entropy(x, t, reduction=reduction), b)
 
     @parameterized.expand(
         [
@@ -235,9 +236,9 @@ class TestShortPath(unittest.TestCase):
                 b, gb, _x = _grads(
                     F.binary_cross_entropy_with_logits, x, t, reduction=reduction, **kw
                 )
-                torch.testing.assert_close(a, b, equal_nan=True)
+                assert_close_to_torch(a, b)
                 for u, v in zip(ga, gb, strict=True):
-                    torch.testing.assert_close(u, v, equal_nan=True)
+                    assert_close_to_torch(u, v)
 
     @parameterized.expand([("bce", False), ("logits", False), ("logits", True)])
     def test_upstream_of_one_and_retained_graph(self, which: str, pos: bool) -> None:
@@ -260,5 +261,5 @@ class TestShortPath(unittest.TestCase):
             grads.append((first, (x.grad, t.grad)))
         (f_ours, s_ours), (f_torch, s_torch) = grads
         for u, v in zip(f_ours + s_ours, f_torch + s_torch, strict=True):
-            torch.testing.assert_close(u, v)
+            assert_close_to_torch(u, v)
         torch.testing.assert_close(s_ours[0], f_ours[0] * 3, rtol=0, atol=0)

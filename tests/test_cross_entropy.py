@@ -30,7 +30,7 @@ import mylosses
 from compare.bench import peak_memory
 from compare.parity import assert_same_exception
 from mylosses import functional as M
-from tests._support import safe_name
+from tests._support import assert_close_to_torch, safe_name
 
 F = torch.nn.functional
 
@@ -134,7 +134,7 @@ class TestWeightGradient(unittest.TestCase):
                 up = torch.randn(out.shape, generator=torch.Generator().manual_seed(5)).double()
                 grads.append(torch.autograd.grad(out, (a, b, c), up))
             for ours, theirs in zip(*grads, strict=True):
-                torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=1e-7)
+                assert_close_to_torch(ours, theirs)
 
     @parameterized.expand([("ce",), ("nll",), ("ce_smooth",)], name_func=safe_name)
     def test_class_indices_reject_a_weight_that_requires_grad(self, which: str) -> None:
@@ -151,7 +151,7 @@ class TestWeightGradient(unittest.TestCase):
         )
         self.assertIsInstance(err, RuntimeError)
         with torch.no_grad():
-            torch.testing.assert_close(ours(x, t, weight=w, **kw), theirs(x, t, weight=w, **kw))
+            assert_close_to_torch(ours(x, t, weight=w, **kw), theirs(x, t, weight=w, **kw))
 
 
 class TestIgnored(unittest.TestCase):
@@ -195,8 +195,8 @@ class TestIgnored(unittest.TestCase):
                 a = x.detach().clone().requires_grad_()
                 out = fn(a, t, weight=w, ignore_index=0)
                 res.append((out, torch.autograd.grad(out, a)[0]))
-            torch.testing.assert_close(res[0][0], res[1][0], equal_nan=True)
-            torch.testing.assert_close(res[0][1], res[1][1], equal_nan=True)
+            assert_close_to_torch(res[0][0], res[1][0])
+            assert_close_to_torch(res[0][1], res[1][1])
 
 
 BAD_CALLS = {
@@ -262,7 +262,7 @@ class TestSmoothingValues(unittest.TestCase):
         t = _classes(x.shape) if kind == "classes" else _probs(x.shape)
         ls = float(value)
         res = [fn(x, t, label_smoothing=ls) for fn in (M.cross_entropy, F.cross_entropy)]
-        torch.testing.assert_close(res[0], res[1], rtol=1e-7, atol=1e-7)
+        assert_close_to_torch(res[0], res[1])
 
 
 class TestFusedKernel(unittest.TestCase):
@@ -296,8 +296,8 @@ class TestFusedKernel(unittest.TestCase):
             if fn is M.cross_entropy:
                 second = torch.autograd.grad(out, a, up)[0]
                 torch.testing.assert_close(second, first, rtol=0, atol=0)
-        torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-4, atol=1e-5)
+        assert_close_to_torch(outs[0][0], outs[1][0])
+        assert_close_to_torch(outs[0][1], outs[1][1])
 
     def test_one_logits_sized_buffer(self) -> None:
         """Forward + backward allocate one logits-sized buffer (the gradient) and little else:
@@ -340,9 +340,8 @@ class TestShortPath(unittest.TestCase):
 
     def _same(self, loss: str, x: torch.Tensor, t: torch.Tensor, short: bool, **kw: Any) -> None:
         (out, grad, node), (t_out, t_grad, _) = _short_call(loss, x, t, **kw)
-        tol = {"rtol": 1e-5, "atol": 1e-6} if x.dtype == torch.float32 else {}
-        torch.testing.assert_close(out, t_out, **tol, equal_nan=True)
-        torch.testing.assert_close(grad, t_grad, **tol, equal_nan=True)
+        assert_close_to_torch(out, t_out)
+        assert_close_to_torch(grad, t_grad)
         name = type(node).__name__
         self.assertEqual("Short" in name, short, f"{name}: short path expected: {short}")
 
@@ -357,7 +356,7 @@ class TestShortPath(unittest.TestCase):
         with torch.no_grad():
             ours = (M.cross_entropy if loss == "ce" else M.nll_loss)(x, t, reduction=reduction)
         theirs = (F.cross_entropy if loss == "ce" else F.nll_loss)(x, t, reduction=reduction)
-        torch.testing.assert_close(ours, theirs)
+        assert_close_to_torch(ours, theirs)
 
     @parameterized.expand([("ce",), ("nll",)], name_func=safe_name)
     def test_targets_out_of_range_or_ignored(self, loss: str) -> None:
@@ -420,12 +419,12 @@ class TestShortPath(unittest.TestCase):
         (g_t,) = torch.autograd.grad(
             F.cross_entropy(x, t) if loss == "ce" else F.nll_loss(x, t), x, create_graph=True
         )
-        torch.testing.assert_close(g, g_t)
+        assert_close_to_torch(g, g_t)
         v = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(4))
         if loss == "ce":  # (NLL's gradient does not depend on the input: no second derivative)
             hv = torch.autograd.grad((g * v).sum(), x)[0]
             hv_t = torch.autograd.grad((g_t * v).sum(), x)[0]
-            torch.testing.assert_close(hv, hv_t)
+            assert_close_to_torch(hv, hv_t)
         self.assertTrue(
             torch.autograd.gradgradcheck(lambda a: f(a, t), (x.detach().requires_grad_(),))
         )
@@ -439,7 +438,7 @@ class TestShortPath(unittest.TestCase):
         ours = torch.autograd.grad(f(x, t), x, ups, is_grads_batched=True)[0]
         g_t = F.cross_entropy if loss == "ce" else F.nll_loss
         theirs = torch.autograd.grad(g_t(x, t), x, ups, is_grads_batched=True)[0]
-        torch.testing.assert_close(ours, theirs)
+        assert_close_to_torch(ours, theirs)
 
 
 class TestModules(unittest.TestCase):
@@ -455,7 +454,7 @@ class TestModules(unittest.TestCase):
                 warnings.simplefilter("ignore")
                 ours = mylosses.CrossEntropyLoss(**ctor)(x, t)
                 theirs = torch.nn.CrossEntropyLoss(**ctor)(x, t)
-            torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=1e-7)
+            assert_close_to_torch(ours, theirs)
 
 
 if __name__ == "__main__":
