@@ -96,14 +96,18 @@ def _elementwise(input: Tensor, target: Tensor, work: torch.dtype, stable: bool)
     return t.neg_().exp_().log1p_()  # t is a fresh tensor of ours (forward runs without grad)
 
 
-def _derivative(input: Tensor, target: Tensor, work: torch.dtype, stable: bool) -> Tensor:
-    """dl/dx = -y z / (1 + z) with z = exp(-x y), differentiable (double backward)."""
+def _derivative(
+    input: Tensor, target: Tensor, work: torch.dtype, stable: bool, n: float = 1.0
+) -> Tensor:
+    """dl/dx = -y z / (1 + z) with z = exp(-x y), differentiable (double backward). ``n``: the
+    mean's N, which the gradient flowing into its double backward carries as 1/N, and which
+    torch applies last there (see ``_TorchDerivative``)."""
     x, y = _cast(input, work), _cast(target, work)
     t = x * y
     if stable:
         d = -y * torch.sigmoid(-t)
         return d.masked_fill(t < -LOG_MAX64, math.nan)
-    return _function.apply(_TorchDerivative, x, y)
+    return _function.apply(_TorchDerivative, x, y, n)
 
 
 class _TorchDerivative(torch.autograd.Function):
@@ -115,20 +119,25 @@ class _TorchDerivative(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x: Tensor, y: Tensor) -> Tensor:
+    def forward(x: Tensor, y: Tensor, n: float) -> Tensor:
         z = torch.exp(-x * y)
         return -y * z / (1 + z)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        ctx.save_for_backward(*inputs)
+        ctx.save_for_backward(*inputs[:2])
+        ctx.n = inputs[2]
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         x, y = ctx.saved_tensors  # (the target never requires grad: torch forbids it)
         z = torch.exp(-x * y)
         zp1 = 1 + z
-        return grad * (y * y) * z / (zp1 * zp1), None  # torch's order (where it overflows)
+        n = ctx.n
+        if n == 1.0:
+            return grad * (y * y) * z / (zp1 * zp1), None, None
+        # torch's order, so that it overflows where torch's does: the mean's 1/N last
+        return grad * n * (y * y) * z / (zp1 * zp1) / n, None, None
 
 
 def _loss(input: Tensor, target: Tensor, reduction: int) -> Tensor:
@@ -221,7 +230,8 @@ class _SoftMargin(torch.autograd.Function):
         else:
             # Double backward, or a call the fused path does not serve: differentiable ops.
             work, stable = work_dtype(input, target)
-            d = _derivative(input, target, work, stable)
+            n = float(input.numel()) if reduction == MEAN and input.numel() else 1.0
+            d = _derivative(input, target, work, stable, n)
             if d.shape != input.shape:
                 d = d.expand(input.shape)
             grad = d * _reduction.expand_grad(grad_loss, reduction, d.shape)
