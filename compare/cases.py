@@ -25,6 +25,9 @@ _SIZES = (1, 2, 3, 5, 7, 11, 13, 17)
 _MAX_NUMEL = 4096
 # Two of them past 2.5 of mylosses' 128K-element blocks (with odd remainders), so that its
 # blocked forward, the last halved stretches and the borrowed scratch are all exercised.
+# Legacy (size_average, reduce) pairs, and reduction names torch rejects or deprecates.
+_LEGACY = ((True, None), (False, None), (None, True), (None, False), (False, False), (True, False))
+_INVALID_REDUCTIONS = ("elementwise_mean", "batchmean", "avg", "Mean")
 _LARGE_SHAPES = ((317, 331), (47, 43, 53), (3, 107_653), (613, 541))
 
 
@@ -162,6 +165,27 @@ class Draw:
         return self.rng.uniform(low, high)
 
     # -- shapes --------------------------------------------------------------------------
+
+    def reduction(self, kwargs: dict[str, Any], legacy: float) -> str:
+        """A reduction written into ``kwargs`` (often left to its default 'mean'; rarely an
+        invalid name, or, with chance ``legacy``, the legacy ``size_average``/``reduce`` pair
+        that overrides it): returns the label's head, the reduction or ``invalid``,
+        ``elementwise_mean`` or ``legacy``."""
+        reduction = self.choice(("none", "mean", "sum"))
+        head = reduction
+        if self.chance(0.03):
+            reduction = self.choice(_INVALID_REDUCTIONS)
+            head = "elementwise_mean" if reduction == "elementwise_mean" else "invalid"
+        if reduction != "mean" or self.chance(0.5):
+            kwargs["reduction"] = reduction
+        if legacy and self.chance(legacy):
+            size_average, reduce = self.choice(_LEGACY)
+            if size_average is not None:
+                kwargs["size_average"] = size_average
+            if reduce is not None:
+                kwargs["reduce"] = reduce
+            head = "legacy"
+        return head
 
     def shape(self, kind: str) -> tuple[int, ...]:
         """A shape of ``kind``: "0d", "empty" (one dim of size 0), "large" (100k to 330k

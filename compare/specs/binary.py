@@ -33,9 +33,6 @@ import torch
 from compare.cases import Case, Draw, positional_names
 from compare.registry import BenchSize, LossSpec
 
-_LEGACY = ((True, None), (False, None), (None, True), (None, False), (False, False), (True, False))
-_INVALID_REDUCTIONS = ("elementwise_mean", "batchmean", "avg", "Mean")
-
 f16, bf16, f32, f64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 i64 = torch.int64
 
@@ -78,20 +75,7 @@ class _Binary:
         kwargs: dict[str, Any] = {}
         tags: list[str] = []
 
-        reduction = d.choice(("none", "mean", "sum"))
-        head = reduction
-        if d.chance(0.03):
-            reduction = d.choice(_INVALID_REDUCTIONS)
-            head = "elementwise_mean" if reduction == "elementwise_mean" else "invalid"
-        if reduction != "mean" or d.chance(0.5):
-            kwargs["reduction"] = reduction
-        if d.chance(0.1):
-            size_average, reduce = d.choice(_LEGACY)
-            if size_average is not None:
-                kwargs["size_average"] = size_average
-            if reduce is not None:
-                kwargs["reduce"] = reduce
-            head = "legacy"
+        head = d.reduction(kwargs, legacy=0.1)
 
         dtypes = _LOGITS_DTYPES if self.logits else _BCE_DTYPES
         in_dtype, t_dtype = d.choice(list(dtypes), weights=list(dtypes.values()))

@@ -27,9 +27,6 @@ import torch
 from compare.cases import Case, Draw, positional_names
 from compare.registry import BENCH_SIZES, BenchSize, LossSpec
 
-_LEGACY = ((True, None), (False, None), (None, True), (None, False), (False, False), (True, False))
-_INVALID_REDUCTIONS = ("elementwise_mean", "batchmean", "avg", "Mean")
-
 f16, bf16, f32, f64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 _DTYPES = {f64: 3.0, f32: 4.0, f16: 1.2, bf16: 1.2}
 _CLASSES = (1, 2, 3, 5, 7, 10, 13, 32, 100)
@@ -58,20 +55,7 @@ class _Classification:
         kwargs: dict[str, Any] = {}
         tags: list[str] = []
 
-        reduction = d.choice(("none", "mean", "sum"))
-        head = reduction
-        if d.chance(0.03):
-            reduction = d.choice(_INVALID_REDUCTIONS)
-            head = "elementwise_mean" if reduction == "elementwise_mean" else "invalid"
-        if reduction != "mean" or d.chance(0.5):
-            kwargs["reduction"] = reduction
-        if d.chance(0.08):
-            size_average, reduce = d.choice(_LEGACY)
-            if size_average is not None:
-                kwargs["size_average"] = size_average
-            if reduce is not None:
-                kwargs["reduce"] = reduce
-            head = "legacy"
+        head = d.reduction(kwargs, legacy=0.08)
 
         dtype = d.choice(list(_DTYPES), weights=list(_DTYPES.values()))
         dtype_label = str(dtype).removeprefix("torch.")

@@ -24,9 +24,6 @@ import torch
 from compare.cases import Case, Draw, positional_names, torch_accepts
 from compare.registry import BenchSize, LossSpec
 
-_LEGACY = ((True, None), (False, None), (None, True), (None, False), (False, False), (True, False))
-_INVALID_REDUCTIONS = ("elementwise_mean", "batchmean", "avg", "Mean")
-
 f16, bf16, f32, f64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 c64, c128, i64 = torch.complex64, torch.complex128, torch.int64
 
@@ -67,20 +64,7 @@ class _Regression:
         kwargs: dict[str, Any] = {}
         tags: list[str] = []
 
-        reduction = d.choice(("none", "mean", "sum"))
-        head = reduction
-        if d.chance(0.03):
-            reduction = d.choice(_INVALID_REDUCTIONS)
-            head = "elementwise_mean" if reduction == "elementwise_mean" else "invalid"
-        if reduction != "mean" or d.chance(0.5):
-            kwargs["reduction"] = reduction
-        if self.legacy and d.chance(0.1):
-            size_average, reduce = d.choice(_LEGACY)
-            if size_average is not None:
-                kwargs["size_average"] = size_average
-            if reduce is not None:
-                kwargs["reduce"] = reduce
-            head = "legacy"
+        head = d.reduction(kwargs, legacy=0.1 if self.legacy else 0.0)
 
         values = d.choice(("normal", "big", "grid"), weights=(8, 1, 2))
         param = self._draw_param(d, dyadic=values == "grid", tags=tags)

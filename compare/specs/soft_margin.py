@@ -27,9 +27,6 @@ import torch
 from compare.cases import Case, Draw, positional_names
 from compare.registry import BenchSize, LossSpec
 
-_LEGACY = ((True, None), (False, None), (None, True), (None, False), (False, False), (True, False))
-_INVALID_REDUCTIONS = ("elementwise_mean", "batchmean", "avg", "Mean")
-
 f16, bf16, f32, f64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 c64, i64, i32, b8 = torch.complex64, torch.int64, torch.int32, torch.bool
 
@@ -53,26 +50,6 @@ _DOUBLE_BACKWARD_DTYPES = (f32, f64)
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def _draw_reduction(d: Draw, kwargs: dict[str, Any]) -> str:
-    """A reduction (rarely an invalid one, or the legacy pair), written into ``kwargs``; the
-    label's head."""
-    reduction = d.choice(("none", "mean", "sum"))
-    head = reduction
-    if d.chance(0.03):
-        reduction = d.choice(_INVALID_REDUCTIONS)
-        head = "elementwise_mean" if reduction == "elementwise_mean" else "invalid"
-    if reduction != "mean" or d.chance(0.5):
-        kwargs["reduction"] = reduction
-    if d.chance(0.1):
-        size_average, reduce = d.choice(_LEGACY)
-        if size_average is not None:
-            kwargs["size_average"] = size_average
-        if reduce is not None:
-            kwargs["reduce"] = reduce
-        head = "legacy"
-    return head
 
 
 def _targets(d: Draw, shape: tuple[int, ...], dtype: torch.dtype, kind: str) -> torch.Tensor:
@@ -156,7 +133,7 @@ def soft_margin_case(seed: int, device: str) -> Case:
     d = Draw(seed)
     kwargs: dict[str, Any] = {}
     tags: list[str] = []
-    head = _draw_reduction(d, kwargs)
+    head = d.reduction(kwargs, legacy=0.1)
 
     in_dtype, t_dtype = d.choice(list(_DTYPES), weights=list(_DTYPES.values()))
     if d.chance(0.03):
@@ -233,7 +210,7 @@ def multilabel_case(seed: int, device: str) -> Case:
     d = Draw(seed)
     kwargs: dict[str, Any] = {}
     tags: list[str] = []
-    head = _draw_reduction(d, kwargs)
+    head = d.reduction(kwargs, legacy=0.1)
 
     in_dtype, t_dtype = d.choice(list(_DTYPES), weights=list(_DTYPES.values()))
     if d.chance(0.02):
