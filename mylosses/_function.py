@@ -57,6 +57,15 @@ def batched(grad: torch.Tensor) -> bool:
     return transforms_active() or _is_legacy_batched(grad)
 
 
+def upstream_is_one(upstream: torch.Tensor) -> bool:
+    """Whether an upstream gradient is exactly 1 (``loss.backward()``) and its multiplication
+    may be skipped: on the CPU reading a 0-d value costs less than multiplying by it, even at
+    small sizes (unlike a GPU's, where it would be a sync)."""
+    return (
+        upstream.is_cpu and upstream.dim() == 0 and not batched(upstream) and float(upstream) == 1.0
+    )
+
+
 # Below this many elements the multiplication costs less than looking at the upstream value.
 _WORTH_A_LOOK = 1 << 14
 

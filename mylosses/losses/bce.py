@@ -363,17 +363,6 @@ def _grad_formulas(
     return grad_input, grad_target
 
 
-def _is_one(upstream: Tensor) -> bool:
-    """Whether an upstream gradient is exactly 1 (``loss.backward()``) and may be skipped: on the
-    CPU reading it costs less than multiplying by it, even at small sizes (unlike a GPU's)."""
-    return (
-        upstream.is_cpu
-        and upstream.dim() == 0
-        and not _function.batched(upstream)
-        and float(upstream) == 1.0
-    )
-
-
 # -- the Function ------------------------------------------------------------------------------
 
 
@@ -418,7 +407,7 @@ class _BCE(torch.autograd.Function):
             g, tg = stash
             if (g is not None or not need_input) and (tg is not None or not need_target):
                 ctx.stash = None
-                if not _is_one(grad_loss):
+                if not _function.upstream_is_one(grad_loss):
                     g = _function.times_upstream(g, grad_loss) if need_input else None
                     tg = _function.times_upstream(tg, grad_loss) if need_target else None
                 return g if need_input else None, tg if need_target else None, None, None, None
