@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from mylosses import _validation
+
 # Elements per block: 128K float32 values are 512 KiB; a block and two scratch blocks stay in a
 # core's L2 cache between the elementwise steps.
 BLOCK = 1 << 17
@@ -36,19 +38,10 @@ def broadcast_into(
     torch's ``infer_size`` walks the dimensions from the last and names the first mismatch;
     an in-place result that would have to grow names both shapes.
     """
-    ndim = max(len(a), len(b))
-    result = []
-    for i in range(ndim - 1, -1, -1):
-        offset = ndim - 1 - i
-        size_a = a[len(a) - 1 - offset] if len(a) - 1 - offset >= 0 else 1
-        size_b = b[len(b) - 1 - offset] if len(b) - 1 - offset >= 0 else 1
-        if size_a != size_b and size_a != 1 and size_b != 1:
-            raise RuntimeError(
-                f"The size of tensor a ({size_a}) must match the size of tensor b ({size_b}) "
-                f"at non-singleton dimension {i}"
-            )
-        result.append(size_a if size_a != 1 else size_b)
-    shape = tuple(reversed(result))
+    error = _validation.broadcast_error(torch.Size(a), torch.Size(b))
+    if error is not None:
+        raise error
+    shape = tuple(torch.broadcast_shapes(a, b))
     if shape != tuple(out):
         raise RuntimeError(
             f"output with shape {shape_text(out)} doesn't match the broadcast shape "

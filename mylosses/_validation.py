@@ -56,6 +56,41 @@ def broadcast_shape(input: torch.Tensor, target: torch.Tensor) -> torch.Size:
     return torch.broadcast_shapes(input.shape, target.shape)
 
 
+def broadcast_error(a: torch.Size, b: torch.Size) -> RuntimeError | None:
+    """torch's TensorIterator error for shapes that do not broadcast (naming the sizes and the
+    first dimension, from the last, where they differ), or None if they do."""
+    ndim = max(len(a), len(b))
+    for i in range(ndim - 1, -1, -1):
+        offset = ndim - 1 - i
+        sa = a[len(a) - 1 - offset] if offset < len(a) else 1
+        sb = b[len(b) - 1 - offset] if offset < len(b) else 1
+        if sa != sb and sa != 1 and sb != 1:
+            return RuntimeError(
+                f"The size of tensor a ({sa}) must match the size of tensor b ({sb}) "
+                f"at non-singleton dimension {i}"
+            )
+    return None
+
+
+def broadcast_or_raise(a: torch.Size, b: torch.Size) -> torch.Size:
+    """The broadcast shape of ``a`` and ``b``; torch's RuntimeError of an elementwise op (not
+    ``torch.broadcast_shapes``'s) if they do not broadcast."""
+    if a == b:
+        return a
+    error = broadcast_error(a, b)
+    if error is not None:
+        raise error
+    return torch.broadcast_shapes(a, b)
+
+
+def negate_bool_error() -> RuntimeError:
+    """torch's error for ``-t`` of a bool tensor (compositions that negate a target meet it)."""
+    return RuntimeError(
+        "Negation, the `-` operator, on a bool tensor is not supported. If you are trying "
+        "to invert a mask, use the `~` or `logical_not()` operator instead."
+    )
+
+
 def check_weight_matches_input(weight: torch.Tensor, input: torch.Tensor) -> None:
     """The functional ``weight=`` of l1/mse/huber must have the input's exact size."""
     if weight.size() != input.size():
@@ -104,11 +139,12 @@ def check_castable(input: torch.Tensor, target: torch.Tensor) -> None:
 
 
 def float_argument(function: str, name: str, position: int, value: object) -> float:
-    """A float argument as torch's argument parser takes it: a real number or a one-element
-    tensor; anything else is a TypeError naming the argument."""
+    """A float argument as torch's argument parser takes it: a real number or a 0-d tensor that
+    does not require grad (a one-element 1-d tensor is refused); anything else is a TypeError
+    naming the argument."""
     if type(value) is float:  # the usual case, first
         return value
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.requires_grad:
         return float(value)
     if isinstance(value, numbers.Real):
         return float(value)

@@ -61,7 +61,6 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 from mylosses import _function, _reduction, _validation
 from mylosses._math import log_sigmoid
 from mylosses._reduction import MEAN, NONE, SUM
-from mylosses.losses.soft_margin import broadcast_or_raise
 
 __all__ = ["MultiLabelSoftMarginLoss", "multilabel_soft_margin_loss"]
 
@@ -259,9 +258,9 @@ class _MultiLabelSoftMargin(torch.autograd.Function):
         work = _work(input, target, weight)
         x, y = _cast(input, work), _cast(target, work)
         w = _cast(weight, work) if weight is not None else None
-        full = broadcast_or_raise(x.shape, y.shape)
+        full = _validation.broadcast_or_raise(x.shape, y.shape)
         if w is not None:
-            full = broadcast_or_raise(full, w.shape)
+            full = _validation.broadcast_or_raise(full, w.shape)
         dim, c = input.dim() - 1, input.shape[-1]
         per_shape = full[:dim] + full[dim + 1 :]
         g = _cast(grad_loss, work)
@@ -311,11 +310,11 @@ def _check(input: Tensor, target: Tensor, weight: Tensor | None) -> None:
             f'"log_sigmoid_{input.device.type}" not implemented for '
             f"'{_validation.scalar_type_name(input.dtype)}'"
         )
-    shape = broadcast_or_raise(target.shape, input.shape)
+    shape = _validation.broadcast_or_raise(target.shape, input.shape)
     if target.dtype == torch.bool:
         _validation.check_subtractable(input, target)
     if weight is not None:
-        broadcast_or_raise(shape, weight.shape)
+        _validation.broadcast_or_raise(shape, weight.shape)
     if input.dim() == 0:
         raise IndexError("Dimension specified as -1 but tensor has no dimensions")
 

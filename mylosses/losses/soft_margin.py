@@ -223,7 +223,7 @@ class _SoftMargin(torch.autograd.Function):
         reduction, fused = ctx.meta
         input, target = ctx.saved_tensors
         if target.dtype == torch.bool:
-            raise _negate_bool()  # torch's backward negates the target
+            raise _validation.negate_bool_error()  # torch's backward negates the target
         if fused and not torch.is_grad_enabled():
             # A second backward through a retained graph: forward's computation again.
             grad = _function.times_upstream(_fused(input, target, reduction)[1], grad_loss)
@@ -238,45 +238,12 @@ class _SoftMargin(torch.autograd.Function):
         return _cast(grad, input.dtype), None, None, None
 
 
-def _negate_bool() -> RuntimeError:
-    return RuntimeError(
-        "Negation, the `-` operator, on a bool tensor is not supported. If you are trying "
-        "to invert a mask, use the `~` or `logical_not()` operator instead."
-    )
-
-
-def _size_error(a: torch.Size, b: torch.Size) -> RuntimeError | None:
-    """torch's TensorIterator error for shapes that do not broadcast, or None if they do."""
-    ndim = max(len(a), len(b))
-    for i in range(ndim - 1, -1, -1):
-        offset = ndim - 1 - i
-        sa = a[len(a) - 1 - offset] if offset < len(a) else 1
-        sb = b[len(b) - 1 - offset] if offset < len(b) else 1
-        if sa != sb and sa != 1 and sb != 1:
-            return RuntimeError(
-                f"The size of tensor a ({sa}) must match the size of tensor b ({sb}) "
-                f"at non-singleton dimension {i}"
-            )
-    return None
-
-
-def broadcast_or_raise(a: torch.Size, b: torch.Size) -> torch.Size:
-    """The broadcast shape of ``a`` and ``b``; torch's RuntimeError (naming both sizes and the
-    dimension) if they do not broadcast."""
-    if a == b:
-        return a
-    error = _size_error(a, b)
-    if error is not None:
-        raise error
-    return torch.broadcast_shapes(a, b)
-
-
 def _check(input: Tensor, target: Tensor) -> None:
     """torch's checks after the target's requires_grad, in torch's order: a bool input, the
     shapes (the target must broadcast to the input's shape), then the dtypes."""
     if input.dtype == torch.bool:
-        raise _negate_bool()
-    shape = broadcast_or_raise(input.shape, target.shape)
+        raise _validation.negate_bool_error()
+    shape = _validation.broadcast_or_raise(input.shape, target.shape)
     if shape != input.shape:
         raise RuntimeError(
             f"output with shape {list(input.shape)} doesn't match the broadcast shape {list(shape)}"
