@@ -10,8 +10,10 @@ from mylosses._patch import patch_torch, swap_modules
 from mylosses.losses.bce import BCELoss
 from mylosses.losses.bce_with_logits import BCEWithLogitsLoss
 from mylosses.losses.cross_entropy import CrossEntropyLoss
+from mylosses.losses.hinge_embedding import HingeEmbeddingLoss
 from mylosses.losses.huber import HuberLoss
 from mylosses.losses.l1 import L1Loss
+from mylosses.losses.margin_ranking import MarginRankingLoss
 from mylosses.losses.mse import MSELoss
 from mylosses.losses.multilabel_soft_margin import MultiLabelSoftMarginLoss
 from mylosses.losses.nll import NLLLoss
@@ -22,9 +24,11 @@ __all__ = [
     "BCELoss",
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
+    "HingeEmbeddingLoss",
     "HuberLoss",
     "L1Loss",
     "MSELoss",
+    "MarginRankingLoss",
     "MultiLabelSoftMarginLoss",
     "NLLLoss",
     "SmoothL1Loss",

@@ -3,8 +3,10 @@
 from mylosses.losses.bce import binary_cross_entropy
 from mylosses.losses.bce_with_logits import binary_cross_entropy_with_logits
 from mylosses.losses.cross_entropy import cross_entropy
+from mylosses.losses.hinge_embedding import hinge_embedding_loss
 from mylosses.losses.huber import huber_loss
 from mylosses.losses.l1 import l1_loss
+from mylosses.losses.margin_ranking import margin_ranking_loss
 from mylosses.losses.mse import mse_loss
 from mylosses.losses.multilabel_soft_margin import multilabel_soft_margin_loss
 from mylosses.losses.nll import nll_loss
@@ -15,8 +17,10 @@ __all__ = [
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
+    "hinge_embedding_loss",
     "huber_loss",
     "l1_loss",
+    "margin_ranking_loss",
     "mse_loss",
     "multilabel_soft_margin_loss",
     "nll_loss",

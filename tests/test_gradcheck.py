@@ -62,16 +62,44 @@ def base_key(case: Case) -> tuple[str, str]:
     ``bcast:<the positional arguments smaller than the broadcast shape>`` (``bcast:target`` is
     a target broadcast up to the input; ``bcast:input``, with a weight, broadcasts the weight)."""
     shapes = [a.shape for a in case.args if isinstance(a, torch.Tensor)]
-    full = torch.broadcast_shapes(*shapes) if broadcasts(case) else None
+    full, rank = _full_shape(shapes) if broadcasts(case) else (None, None)
     small = [
         case.arg_name(i)
         for i, a in enumerate(case.args)
-        if isinstance(a, torch.Tensor) and full is not None and a.shape != full
+        if isinstance(a, torch.Tensor)
+        and full is not None
+        and a.shape != full
+        and rank in (None, a.dim())
     ]
     return (
         "weight" if "weight" in case.kwargs else "noweight",
         "bcast:" + "+".join(small) if small else "samesize",
     )
+
+
+def _float_option(p: inspect.Parameter) -> bool:
+    """A float option: a float default, or an integer one annotated float (torch writes
+    ``margin: float = 0``, ``p: float = 2``)."""
+    if isinstance(p.default, float):
+        return True
+    integral = isinstance(p.default, int) and not isinstance(p.default, bool)
+    return integral and p.annotation in (float, "float")
+
+
+def _full_shape(shapes: list[torch.Size]) -> tuple[torch.Size | None, int | None]:
+    """The broadcast shape of the positional arguments, and None; where they do not broadcast
+    together (an (N,) per-row target of (N, D) inputs), that of the arguments of the first one's
+    rank, and that rank (the only arguments compared with it); (None, None) for shapes that do
+    not broadcast at all (an invalid call, which no row uses)."""
+    try:
+        return torch.broadcast_shapes(*shapes), None
+    except RuntimeError:
+        pass
+    rank = len(shapes[0])
+    try:
+        return torch.broadcast_shapes(*(s for s in shapes if len(s) == rank)), rank
+    except RuntimeError:
+        return None, None
 
 
 @functools.cache
@@ -265,6 +293,6 @@ class TestGradcheckTable(unittest.TestCase):
         """Each float option of a functional's signature (delta, beta) is varied."""
         for name in LOSS_NAMES:
             params = inspect.signature(entry(name).function).parameters.values()
-            floats = [p.name for p in params if isinstance(p.default, float)]
+            floats = [p.name for p in params if _float_option(p)]
             with self.subTest(loss=name):
                 self.assertEqual(sorted(param_values(name)), sorted(floats))
