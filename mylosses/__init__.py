@@ -9,6 +9,7 @@ from mylosses import functional
 from mylosses._patch import patch_torch, swap_modules
 from mylosses.losses.bce import BCELoss
 from mylosses.losses.bce_with_logits import BCEWithLogitsLoss
+from mylosses.losses.cosine_embedding import CosineEmbeddingLoss
 from mylosses.losses.cross_entropy import CrossEntropyLoss
 from mylosses.losses.hinge_embedding import HingeEmbeddingLoss
 from mylosses.losses.huber import HuberLoss
@@ -23,6 +24,7 @@ from mylosses.losses.soft_margin import SoftMarginLoss
 __all__ = [
     "BCELoss",
     "BCEWithLogitsLoss",
+    "CosineEmbeddingLoss",
     "CrossEntropyLoss",
     "HingeEmbeddingLoss",
     "HuberLoss",

@@ -2,6 +2,7 @@
 
 from mylosses.losses.bce import binary_cross_entropy
 from mylosses.losses.bce_with_logits import binary_cross_entropy_with_logits
+from mylosses.losses.cosine_embedding import cosine_embedding_loss
 from mylosses.losses.cross_entropy import cross_entropy
 from mylosses.losses.hinge_embedding import hinge_embedding_loss
 from mylosses.losses.huber import huber_loss
@@ -16,6 +17,7 @@ from mylosses.losses.soft_margin import soft_margin_loss
 __all__ = [
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
+    "cosine_embedding_loss",
     "cross_entropy",
     "hinge_embedding_loss",
     "huber_loss",
