@@ -20,6 +20,8 @@ from mylosses.losses.multilabel_soft_margin import MultiLabelSoftMarginLoss
 from mylosses.losses.nll import NLLLoss
 from mylosses.losses.smooth_l1 import SmoothL1Loss
 from mylosses.losses.soft_margin import SoftMarginLoss
+from mylosses.losses.triplet_margin import TripletMarginLoss
+from mylosses.losses.triplet_margin_with_distance import TripletMarginWithDistanceLoss
 
 __all__ = [
     "BCELoss",
@@ -35,6 +37,8 @@ __all__ = [
     "NLLLoss",
     "SmoothL1Loss",
     "SoftMarginLoss",
+    "TripletMarginLoss",
+    "TripletMarginWithDistanceLoss",
     "functional",
     "patch_torch",
     "swap_modules",

@@ -13,6 +13,8 @@ from mylosses.losses.multilabel_soft_margin import multilabel_soft_margin_loss
 from mylosses.losses.nll import nll_loss
 from mylosses.losses.smooth_l1 import smooth_l1_loss
 from mylosses.losses.soft_margin import soft_margin_loss
+from mylosses.losses.triplet_margin import triplet_margin_loss
+from mylosses.losses.triplet_margin_with_distance import triplet_margin_with_distance_loss
 
 __all__ = [
     "binary_cross_entropy",
@@ -28,4 +30,6 @@ __all__ = [
     "nll_loss",
     "smooth_l1_loss",
     "soft_margin_loss",
+    "triplet_margin_loss",
+    "triplet_margin_with_distance_loss",
 ]
