@@ -12,6 +12,12 @@ tables. Each side gets its own clone of the case's tensors; then, in order:
 5. the same forward and gradients through the modules, ``Module(**case.ctor)(*case.args)``,
    when the case has a ``ctor``.
 
+Where torch has no double backward for a loss (its backward's derivative "is not implemented")
+and the spec names a ``reference`` (the same loss as a composition of plain torch ops), the
+second-order gradients of step 4 are the reference's, computed on float64 copies of the case
+under the same upstream gradient and cast to each input's dtype: they must be matched as
+torch's would be.
+
 For float16/bfloat16 cases torch also runs on float64 copies: that reference judges both; for
 float32 it is run only to arbitrate a disagreement (``compare.tolerances``).
 """
@@ -103,7 +109,9 @@ def _raised(call: Callable[[], Any]) -> Exception | None:
 
 
 def _differences(spec: LossSpec, case: Case, double_backward: bool) -> list[str]:
-    failures = _compare_calls("functional", spec.ours_fn, spec.torch_fn, case, double_backward)
+    failures = _compare_calls(
+        "functional", spec.ours_fn, spec.torch_fn, case, double_backward, spec.reference
+    )
     if case.ctor is not None:
         # The module call as a case of its own whose keyword arguments are the constructor's:
         # the float64 reference then casts the module's weights with the inputs.
@@ -125,17 +133,23 @@ def _compare_calls(
     torch_call: Callable[..., Any],
     case: Case,
     double_backward: bool,
+    second_order_reference: Callable[..., Any] | None = None,
 ) -> list[str]:
     theirs = _run(torch_call, case.clone(), double_backward=double_backward)
+    if double_backward and second_order_reference is not None:
+        theirs = _second_order_from(second_order_reference, case, theirs)
 
     def reference(second_order: bool = False) -> _Outcome:
         upstream = None if theirs.upstream is None else theirs.upstream.to(torch.float64)
-        return _run(
+        outcome = _run(
             torch_call,
             case.clone(dtype=torch.float64),
             double_backward=second_order,
             upstream=upstream,
         )
+        if second_order and second_order_reference is not None:
+            outcome = _second_order_from(second_order_reference, case, outcome)
+        return outcome
 
     dtypes = {t.dtype for _, t in case.named_tensors()}
     # Half results, second-order ones included, are judged against the float64 truth.
@@ -200,6 +214,35 @@ def _run(
         except Exception as e:
             outcome.grad_grad_error = e
     return outcome
+
+
+def _not_implemented(error: Exception | None) -> bool:
+    """torch's refusal of a double backward: "derivative for aten::..._backward is not
+    implemented"."""
+    return isinstance(error, RuntimeError) and "is not implemented" in str(error)
+
+
+def _second_order_from(reference: Callable[..., Any], case: Case, outcome: _Outcome) -> _Outcome:
+    """``outcome`` (torch's) with its second-order gradients taken from ``reference`` (the
+    spec's composition of plain torch ops), where torch's own double backward is not
+    implemented: run on float64 copies of ``case`` under ``outcome``'s upstream gradient, each
+    result cast to its input's dtype. Any other outcome is returned as it is."""
+    if not _not_implemented(outcome.grad_grad_error) or outcome.upstream is None:
+        return outcome
+    ref = _run(
+        reference,
+        case.clone(dtype=torch.float64),
+        double_backward=True,
+        upstream=outcome.upstream.to(torch.float64),
+    )
+    if ref.error is not None or ref.grad_error is not None:
+        return outcome
+    inputs = [t for _, t in case.grad_inputs()]
+    grads = [
+        None if g is None else g.to(t.dtype)
+        for g, t in zip(list(ref.grad_grads) or [None] * len(inputs), inputs, strict=True)
+    ]
+    return replace(outcome, grad_grad_error=ref.grad_grad_error, grad_grads=grads)
 
 
 def _random(shape: torch.Size, dtype: torch.dtype, device: torch.device, seed: int) -> torch.Tensor:

@@ -47,6 +47,12 @@ class LossSpec:
     device)`` draws one random configuration, deterministic in ``seed``; ``bench_case(size,
     device)`` gives the benchmark's fixed case for each name in ``bench_sizes`` (``"small"``,
     ``"large"``, and any variant the spec adds).
+
+    ``reference`` (optional) computes the same loss as the functional, with the same
+    arguments, as a composition of plain differentiable torch ops. It stands in for torch
+    where torch's own double backward is not implemented (MultiMarginLoss raises "derivative
+    for aten::multi_margin_loss_backward is not implemented"): second-order gradients are then
+    compared with the reference's, run in float64 (``compare/parity.py``).
     """
 
     name: str
@@ -54,6 +60,7 @@ class LossSpec:
     make_case: Callable[[int, str], Case]
     bench_case: Callable[[BenchSize, str], Case]
     bench_sizes: tuple[BenchSize, ...] = BENCH_SIZES
+    reference: Callable[..., torch.Tensor] | None = None
 
     @property
     def ours_fn(self) -> Callable[..., Any]:

@@ -16,6 +16,8 @@ from mylosses.losses.huber import HuberLoss
 from mylosses.losses.l1 import L1Loss
 from mylosses.losses.margin_ranking import MarginRankingLoss
 from mylosses.losses.mse import MSELoss
+from mylosses.losses.multi_margin import MultiMarginLoss
+from mylosses.losses.multilabel_margin import MultiLabelMarginLoss
 from mylosses.losses.multilabel_soft_margin import MultiLabelSoftMarginLoss
 from mylosses.losses.nll import NLLLoss
 from mylosses.losses.smooth_l1 import SmoothL1Loss
@@ -33,7 +35,9 @@ __all__ = [
     "L1Loss",
     "MSELoss",
     "MarginRankingLoss",
+    "MultiLabelMarginLoss",
     "MultiLabelSoftMarginLoss",
+    "MultiMarginLoss",
     "NLLLoss",
     "SmoothL1Loss",
     "SoftMarginLoss",

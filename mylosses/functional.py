@@ -9,6 +9,8 @@ from mylosses.losses.huber import huber_loss
 from mylosses.losses.l1 import l1_loss
 from mylosses.losses.margin_ranking import margin_ranking_loss
 from mylosses.losses.mse import mse_loss
+from mylosses.losses.multi_margin import multi_margin_loss
+from mylosses.losses.multilabel_margin import multilabel_margin_loss
 from mylosses.losses.multilabel_soft_margin import multilabel_soft_margin_loss
 from mylosses.losses.nll import nll_loss
 from mylosses.losses.smooth_l1 import smooth_l1_loss
@@ -26,6 +28,8 @@ __all__ = [
     "l1_loss",
     "margin_ranking_loss",
     "mse_loss",
+    "multi_margin_loss",
+    "multilabel_margin_loss",
     "multilabel_soft_margin_loss",
     "nll_loss",
     "smooth_l1_loss",

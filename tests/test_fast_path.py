@@ -18,6 +18,7 @@ Cases come from compare's generators; parity with torch is judged by compare.par
 from __future__ import annotations
 
 import functools
+import math
 import unittest
 import warnings
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from mylosses import _function
 from tests._support import (
     LOSS_NAMES,
     assert_tensors_equal,
+    call_quietly,
     differentiable_names,
     entry,
     failure_message,
@@ -358,7 +360,8 @@ class TestEdgeShapes(_Base):
                 differentiable_names(name) if grad == "grad" else (),
             )
             with self.subTest(seed=case.seed, label=case.label):
-                self.run_parity(c, f"empty, reduction={reduction!r}")
+                if _torch_reduces_empty_as_defined(c, reduction):
+                    self.run_parity(c, f"empty, reduction={reduction!r}")
                 out, grads = _run(fn, c)
                 if reduction == "mean":
                     self.assertEqual(out.shape, ())
@@ -385,6 +388,20 @@ class TestEdgeShapes(_Base):
                     continue  # torch rejects 0-d input here; parity (the same error) was checked
                 out, _ = _run(entry(name).function, c)
                 self.assertEqual(out.shape, ())
+
+
+def _torch_reduces_empty_as_defined(case: Case, reduction: str) -> bool:
+    """Whether torch's reduced loss of an empty case is the defined one (nan for 'mean', 0 for
+    'sum'). Some native kernels write nothing for an empty batch and return an uninitialised
+    0-d tensor; parity with that is meaningless, and the test's own checks below still demand
+    the defined value of ours."""
+    if reduction == "none":
+        return True
+    out, err, _ = call_quietly(spec(case.loss).torch_fn, case)
+    if err is not None or not isinstance(out, torch.Tensor) or out.numel() != 1:
+        return True  # parity then compares the error or the shape
+    value = out.detach().double().item()
+    return math.isnan(value) if reduction == "mean" else value == 0
 
 
 @functools.cache

@@ -11,6 +11,8 @@ reproduces it, replays exactly one case with ``--case SEED``, and exits 2 on an 
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import pathlib
 import re
@@ -29,9 +31,11 @@ import torch
 from parameterized import parameterized
 
 from compare.check import run_check
+from compare.parity import run_case
 from tests._support import (
     LOSS_NAMES,
     find_cases,
+    ordinary,
     real_floating,
     safe_name,
     spec,
@@ -152,6 +156,73 @@ class TestPlantedBugs(unittest.TestCase):
         failing = [f for c in report["cases"] for f in c["failures"]]
         self.assertTrue(any(f.startswith("module output") for f in failing), failing)
         self.assertFalse(any(f.startswith("functional") for f in failing), failing)
+
+
+# Losses whose spec names a second-order reference (torch has no double backward for them).
+REFERENCED = [n for n in LOSS_NAMES if spec(n).reference is not None]
+
+
+def _second_order_cases(name: str) -> list[Any]:
+    """Ordinary float64 cases of loss ``name`` whose first argument requires grad, with
+    double backward."""
+    cases = find_cases(
+        name,
+        lambda c: (
+            real_floating(c)
+            and ordinary(c)
+            and c.args[0].requires_grad
+            and c.args[0].dtype == torch.float64
+            and torch_runs_cleanly(c)
+        ),
+        count=4,
+    )
+    return [dataclasses.replace(c, double_backward=True) for c in cases]
+
+
+@contextmanager
+def planted_second_order(name: str) -> Iterator[None]:
+    """Inside: our functional of loss ``name`` returns ``loss + 1e-3 * sum((x - x.detach())^2)``
+    for its first argument x: the same value and gradient, a second derivative off by 2e-3."""
+    module = importlib.import_module("mylosses.functional")
+    functional = spec(name).functional
+    original = getattr(module, functional)
+
+    def wrong(*args: Any, **kwargs: Any) -> Any:
+        x = args[0]
+        return original(*args, **kwargs) + 1e-3 * ((x - x.detach()) ** 2).sum()
+
+    setattr(module, functional, wrong)
+    try:
+        yield
+    finally:
+        setattr(module, functional, original)
+
+
+@unittest.skipUnless(REFERENCED, "no spec names a second-order reference")
+class TestSecondOrderReference(unittest.TestCase):
+    """Where torch's double backward is not implemented, the spec's ``reference`` judges ours:
+    without it the comparison could only report torch's error; with it, a second-order bug is
+    caught."""
+
+    @parameterized.expand([(n,) for n in REFERENCED], name_func=safe_name)
+    def test_reference_judges_second_order(self, name: str) -> None:
+        s = spec(name)
+        for case in _second_order_cases(name):
+            with self.subTest(seed=case.seed):
+                result = run_case(s, case)
+                self.assertTrue(result.ok, result.failures)
+                bare = run_case(dataclasses.replace(s, reference=None), case)
+                self.assertTrue(
+                    any("double backward" in f for f in bare.failures),
+                    f"torch's double backward works for {name}: the reference is not needed",
+                )
+                with planted_second_order(name):
+                    planted = run_case(s, case)
+                self.assertTrue(any("grad-grad" in f for f in planted.failures), planted.failures)
+                self.assertFalse(
+                    any(f.startswith("functional output") for f in planted.failures),
+                    planted.failures,
+                )
 
 
 class TestReports(unittest.TestCase):
