@@ -30,6 +30,7 @@ two branches.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -128,3 +129,31 @@ def take_gradient(ctx: Any) -> torch.Tensor | None:
     if grad is None or torch.is_grad_enabled():
         return None
     return grad
+
+
+def short_backward(
+    ctx: Any,
+    upstream: torch.Tensor,
+    recompute: Callable[[Any], tuple[torch.Tensor, ...]],
+    differentiable: Callable[[Any, torch.Tensor], tuple[torch.Tensor | None, ...]],
+) -> tuple[torch.Tensor | None, ...]:
+    """The backward of a short path (an old-style Function whose forward left its gradients,
+    one per differentiable input, in ``ctx.stashed_gradients``), for its differentiable inputs.
+
+    The stashed gradients are used once, times ``upstream`` (in place, or not at all for an
+    upstream of exactly 1). A retained graph's second backward gets them again from
+    ``recompute(ctx)`` (forward's kernel: the same bits); a backward that builds a graph
+    (``create_graph=True``, double backward) gets them from ``differentiable(ctx, upstream)``,
+    written with differentiable ops, already times the upstream gradient.
+    """
+    grads = ctx.stashed_gradients
+    ctx.stashed_gradients = None
+    if torch.is_grad_enabled():
+        return differentiable(ctx, upstream)
+    if grads is None:
+        grads = recompute(ctx)
+    if batched(upstream) or _is_compiling():
+        return tuple(g * upstream for g in grads)
+    if upstream_is_one(upstream):
+        return grads
+    return tuple(g.mul_(upstream) for g in grads)

@@ -482,26 +482,26 @@ class _CEShort(torch.autograd.Function):
         # backward (the gradient depends on their values)
         ctx.save_for_backward(input, target)
         ctx.plan = plan
-        loss, ctx.stashed_gradient = _short(input, target, plan, True)
+        loss, G = _short(input, target, plan, True)
+        ctx.stashed_gradients = (G,)
         return loss
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple:
-        G = ctx.stashed_gradient
-        ctx.stashed_gradient = None
-        if G is None or _grad_enabled():
-            input, target = ctx.saved_tensors
-            plan = ctx.plan
-            if _grad_enabled():  # double backward: differentiable ops
-                gi = _gradients(input, target, None, None, plan.setup, grad, (True, False, False))
-                return gi[0], None, None
-            G = _short(input, target, plan, True)[1]  # a retained graph's second backward:
-            # forward's kernel again (the same bits)
-        if _is_legacy_batched(grad) or _transforms_active() or _is_compiling():
-            return G * grad, None, None
-        if grad.is_cpu and grad.item() == 1.0:
-            return G, None, None
-        return G.mul_(grad), None, None
+        return (*_function.short_backward(ctx, grad, _short_again, _short_derivative), None, None)
+
+
+def _short_again(ctx: Any) -> tuple[Tensor]:
+    """A retained graph's second backward: forward's kernel again (the same bits)."""
+    input, target = ctx.saved_tensors
+    return (_short(input, target, ctx.plan, True)[1],)
+
+
+def _short_derivative(ctx: Any, grad: Tensor) -> tuple[Tensor | None]:
+    """Double backward: the gradient with differentiable ops."""
+    input, target = ctx.saved_tensors
+    setup = ctx.plan.setup
+    return (_gradients(input, target, None, None, setup, grad, (True, False, False))[0],)
 
 
 _is_legacy_batched = torch._C._functorch.is_legacy_batchedtensor

@@ -493,31 +493,26 @@ class _TripletShort(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple:
-        grads = ctx.stashed_gradients
-        ctx.stashed_gradients = None
-        needs = ctx.needs_input_grad
-        if grads is None or _grad_enabled():
-            a, p, n = ctx.saved_tensors
-            plan = ctx.plan
-            if _grad_enabled():  # double backward: differentiable ops
-                return (
-                    *_gradients(
-                        a, p, n, plan.margin, 2.0, plan.eps, False, plan.reduction, grad, needs[:3]
-                    ),
-                    None,
-                )
-            grads = _short(a, p, n, plan, True)[1]  # a retained graph's second backward
-        grad_a, grad_p, grad_n = grads
-        if _is_legacy_batched(grad) or _transforms_active() or _is_compiling():
-            grad_a, grad_p, grad_n = grad_a * grad, grad_p * grad, grad_n * grad
-        elif grad.item() != 1.0:
-            grad_a, grad_p, grad_n = grad_a.mul_(grad), grad_p.mul_(grad), grad_n.mul_(grad)
+        grads = _function.short_backward(ctx, grad, _short_again, _short_derivative)
         return (
-            grad_a if needs[0] else None,
-            grad_p if needs[1] else None,
-            grad_n if needs[2] else None,
+            *(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:3], strict=True)),
             None,
         )
+
+
+def _short_again(ctx: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """A retained graph's second backward: forward's kernel again (the same bits)."""
+    a, p, n = ctx.saved_tensors
+    grads = _short(a, p, n, ctx.plan, True)[1]
+    assert grads is not None  # (asked for)
+    return grads
+
+
+def _short_derivative(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+    """Double backward: the gradients with differentiable ops."""
+    a, p, n = ctx.saved_tensors
+    plan, needs = ctx.plan, ctx.needs_input_grad[:3]
+    return _gradients(a, p, n, plan.margin, 2.0, plan.eps, False, plan.reduction, grad, needs)
 
 
 _vector_norm = torch.linalg.vector_norm
