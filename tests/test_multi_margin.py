@@ -196,7 +196,7 @@ class TestMultiMarginValues(unittest.TestCase):
         x = torch.randn(0, 4, requires_grad=True)
         t = torch.zeros(0, dtype=torch.long)
         self.assertTrue(torch.isnan(M.multi_margin_loss(x, t)))
-        self.assertEqual(float(M.multi_margin_loss(x, t, reduction="sum")), 0.0)
+        self.assertEqual(float(M.multi_margin_loss(x, t, reduction="sum").detach()), 0.0)
         out = M.multi_margin_loss(x, t, reduction="none")
         self.assertEqual(out.shape, (0,))
         (g,) = torch.autograd.grad(out.sum(), x)

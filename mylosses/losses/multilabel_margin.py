@@ -325,26 +325,29 @@ class _Short(torch.autograd.Function):
         ctx.save_for_backward(input, target)
         ctx.reduction = reduction
         ctx.plan = plan
-        loss, ctx.stashed_gradient = _short(input, target, plan)
+        loss, G = _short(input, target, plan)
+        ctx.stashed_gradients = (G,)
         return loss
 
     @staticmethod
     def backward(ctx: Any, grad_loss: Tensor) -> tuple:
-        grad = ctx.stashed_gradient
-        ctx.stashed_gradient = None
-        if grad is None or torch.is_grad_enabled():
-            input, target = ctx.saved_tensors
-            if torch.is_grad_enabled():  # double backward: the constant pattern times upstream
-                with torch.no_grad():
-                    grad = _dense(input, target, ctx.reduction, torch.Size(), True)[1]
-                assert grad is not None
-                return grad * grad_loss, None, None, None
-            grad = _short(input, target, ctx.plan)[1]  # a retained graph's second backward
-        if _function.batched(grad_loss):
-            return grad * grad_loss, None, None, None
-        if _function.upstream_is_one(grad_loss):
-            return grad, None, None, None
-        return grad.mul_(grad_loss), None, None, None
+        grads = _function.short_backward(ctx, grad_loss, _short_again, _short_derivative)
+        return (*grads, None, None, None)
+
+
+def _short_again(ctx: Any) -> tuple[Tensor]:
+    """A retained graph's second backward: forward's computation again (the same bits)."""
+    input, target = ctx.saved_tensors
+    return (_short(input, target, ctx.plan)[1],)
+
+
+def _short_derivative(ctx: Any, grad_loss: Tensor) -> tuple[Tensor]:
+    """Double backward: the constant pattern (piecewise linear loss) times the upstream."""
+    input, target = ctx.saved_tensors
+    with torch.no_grad():
+        grad = _dense(input, target, ctx.reduction, torch.Size(), True)[1]
+    assert grad is not None
+    return (grad * grad_loss,)
 
 
 def _upstream(grad_loss: Tensor, input: Tensor) -> Tensor:
