@@ -20,6 +20,7 @@ from mylosses.losses.multi_margin import MultiMarginLoss
 from mylosses.losses.multilabel_margin import MultiLabelMarginLoss
 from mylosses.losses.multilabel_soft_margin import MultiLabelSoftMarginLoss
 from mylosses.losses.nll import NLLLoss
+from mylosses.losses.poisson_nll import PoissonNLLLoss
 from mylosses.losses.smooth_l1 import SmoothL1Loss
 from mylosses.losses.soft_margin import SoftMarginLoss
 from mylosses.losses.triplet_margin import TripletMarginLoss
@@ -39,6 +40,7 @@ __all__ = [
     "MultiLabelSoftMarginLoss",
     "MultiMarginLoss",
     "NLLLoss",
+    "PoissonNLLLoss",
     "SmoothL1Loss",
     "SoftMarginLoss",
     "TripletMarginLoss",

@@ -13,6 +13,7 @@ from mylosses.losses.multi_margin import multi_margin_loss
 from mylosses.losses.multilabel_margin import multilabel_margin_loss
 from mylosses.losses.multilabel_soft_margin import multilabel_soft_margin_loss
 from mylosses.losses.nll import nll_loss
+from mylosses.losses.poisson_nll import poisson_nll_loss
 from mylosses.losses.smooth_l1 import smooth_l1_loss
 from mylosses.losses.soft_margin import soft_margin_loss
 from mylosses.losses.triplet_margin import triplet_margin_loss
@@ -32,6 +33,7 @@ __all__ = [
     "multilabel_margin_loss",
     "multilabel_soft_margin_loss",
     "nll_loss",
+    "poisson_nll_loss",
     "smooth_l1_loss",
     "soft_margin_loss",
     "triplet_margin_loss",
