@@ -13,6 +13,7 @@ from mylosses.losses.cosine_embedding import CosineEmbeddingLoss
 from mylosses.losses.cross_entropy import CrossEntropyLoss
 from mylosses.losses.hinge_embedding import HingeEmbeddingLoss
 from mylosses.losses.huber import HuberLoss
+from mylosses.losses.kl_div import KLDivLoss
 from mylosses.losses.l1 import L1Loss
 from mylosses.losses.margin_ranking import MarginRankingLoss
 from mylosses.losses.mse import MSELoss
@@ -33,6 +34,7 @@ __all__ = [
     "CrossEntropyLoss",
     "HingeEmbeddingLoss",
     "HuberLoss",
+    "KLDivLoss",
     "L1Loss",
     "MSELoss",
     "MarginRankingLoss",

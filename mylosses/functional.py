@@ -6,6 +6,7 @@ from mylosses.losses.cosine_embedding import cosine_embedding_loss
 from mylosses.losses.cross_entropy import cross_entropy
 from mylosses.losses.hinge_embedding import hinge_embedding_loss
 from mylosses.losses.huber import huber_loss
+from mylosses.losses.kl_div import kl_div
 from mylosses.losses.l1 import l1_loss
 from mylosses.losses.margin_ranking import margin_ranking_loss
 from mylosses.losses.mse import mse_loss
@@ -26,6 +27,7 @@ __all__ = [
     "cross_entropy",
     "hinge_embedding_loss",
     "huber_loss",
+    "kl_div",
     "l1_loss",
     "margin_ranking_loss",
     "mse_loss",

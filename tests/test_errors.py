@@ -225,6 +225,10 @@ class TestReduction(_Parity):
             with self.subTest(reduction=bad):
                 case = base(name)
                 case.kwargs["reduction"] = bad
+                if _outcome(_calls(name, case)[1])[1] is None:
+                    # A name this loss defines ('batchmean' of KLDivLoss): the same result.
+                    self.assert_same_behaviour(*_calls(name, case), case, torch_raises=False)
+                    continue
                 self.assert_same_behaviour(
                     *_calls(name, case), case, names=(bad,), torch_raises=True
                 )
