@@ -11,6 +11,7 @@ from mylosses.losses.bce import BCELoss
 from mylosses.losses.bce_with_logits import BCEWithLogitsLoss
 from mylosses.losses.cosine_embedding import CosineEmbeddingLoss
 from mylosses.losses.cross_entropy import CrossEntropyLoss
+from mylosses.losses.gaussian_nll import GaussianNLLLoss
 from mylosses.losses.hinge_embedding import HingeEmbeddingLoss
 from mylosses.losses.huber import HuberLoss
 from mylosses.losses.kl_div import KLDivLoss
@@ -32,6 +33,7 @@ __all__ = [
     "BCEWithLogitsLoss",
     "CosineEmbeddingLoss",
     "CrossEntropyLoss",
+    "GaussianNLLLoss",
     "HingeEmbeddingLoss",
     "HuberLoss",
     "KLDivLoss",

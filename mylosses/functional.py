@@ -4,6 +4,7 @@ from mylosses.losses.bce import binary_cross_entropy
 from mylosses.losses.bce_with_logits import binary_cross_entropy_with_logits
 from mylosses.losses.cosine_embedding import cosine_embedding_loss
 from mylosses.losses.cross_entropy import cross_entropy
+from mylosses.losses.gaussian_nll import gaussian_nll_loss
 from mylosses.losses.hinge_embedding import hinge_embedding_loss
 from mylosses.losses.huber import huber_loss
 from mylosses.losses.kl_div import kl_div
@@ -25,6 +26,7 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "cosine_embedding_loss",
     "cross_entropy",
+    "gaussian_nll_loss",
     "hinge_embedding_loss",
     "huber_loss",
     "kl_div",
