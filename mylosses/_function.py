@@ -157,3 +157,25 @@ def short_backward(
     if upstream_is_one(upstream):
         return grads
     return tuple(g.mul_(upstream) for g in grads)
+
+
+def cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``, without a copy when it is already."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def sum_to_like(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A gradient summed over the dimensions ``like`` was broadcast along, in its dtype."""
+    if grad.shape != like.shape:
+        grad = grad.sum_to_size(like.shape)
+    return cast(grad, like.dtype)
+
+
+def take_gradients(ctx: Any) -> tuple | None:
+    """Forward's gradients (a tuple left in ``ctx.stashed``), once: ``take_gradient``'s rule
+    for a Function that stashes one gradient per input."""
+    stash = getattr(ctx, "stashed", None)
+    ctx.stashed = None
+    if stash is None or torch.is_grad_enabled():
+        return None
+    return stash

@@ -63,6 +63,8 @@ from mylosses import _binary, _function, _reduction, _validation
 from mylosses._pointwise import compute_dtype
 from mylosses._reduction import MEAN, NONE
 
+_cast = _function.cast
+
 __all__ = ["BCELoss", "binary_cross_entropy"]
 
 _EPS = 1e-12  # the double backward's (a double in torch's autograd formulas)
@@ -72,10 +74,6 @@ _GRAD_EPS = 9.999999960041972e-13
 _NATIVE = (torch.float32, torch.float64)
 # The Function's ``mode`` bits, as in bce_with_logits.py; SMALL: forward takes ``_small``.
 EAGER, INPUT, TARGET, SMALL = 1, 2, 4, 8
-
-
-def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _flat(t: Tensor) -> Tensor:

@@ -66,6 +66,8 @@ from mylosses import _binary, _function, _math, _reduction, _validation
 from mylosses._pointwise import compute_dtype
 from mylosses._reduction import MEAN, NONE
 
+_cast = _function.cast
+
 __all__ = ["BCEWithLogitsLoss", "binary_cross_entropy_with_logits"]
 
 _NATIVE = (torch.float32, torch.float64)
@@ -74,10 +76,6 @@ _NATIVE = (torch.float32, torch.float64)
 # functorch transform, no compile); INPUT/TARGET, it also leaves that gradient for backward.
 # SMALL: forward takes ``_small``.
 EAGER, INPUT, TARGET, SMALL = 1, 2, 4, 8
-
-
-def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _flat(t: Tensor) -> Tensor:

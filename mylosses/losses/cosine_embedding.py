@@ -83,6 +83,8 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 from mylosses import _function, _reduction
 from mylosses._reduction import MEAN, SUM
 
+_cast = _function.cast
+
 __all__ = ["CosineEmbeddingLoss", "cosine_embedding_loss"]
 
 # torch's ``constexpr float EPSILON = 1e-12`` (aten/src/ATen/native/Loss.cpp), as a double.
@@ -92,10 +94,6 @@ BLOCK = 1 << 16
 
 _HALF = (torch.float16, torch.bfloat16)
 _NATIVE = (torch.float32, torch.float64)
-
-
-def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _floating(dtype: torch.dtype) -> torch.dtype:

@@ -75,6 +75,8 @@ from mylosses import _classification as _cls
 from mylosses import _function, _reduction, _validation
 from mylosses._reduction import MEAN, NONE, SUM
 
+_cast = _function.cast
+
 __all__ = ["CrossEntropyLoss", "cross_entropy"]
 
 # Logits per block: 2^17 float32 values (512 KiB) stay in a core's L2 cache between the passes.
@@ -84,10 +86,6 @@ _HALF = (torch.float16, torch.bfloat16)
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in _HALF else dtype
-
-
-def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 class _Setup:

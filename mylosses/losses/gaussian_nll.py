@@ -65,6 +65,10 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 from mylosses import _function, _reduction, _validation
 from mylosses._reduction import MEAN, NONE
 
+_cast = _function.cast
+_sum_to = _function.sum_to_like
+_take = _function.take_gradients
+
 __all__ = ["GaussianNLLLoss", "gaussian_nll_loss"]
 
 # Elements per block (as in ``mylosses/_pointwise.py``: the blocks stay in a core's L2).
@@ -76,10 +80,6 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 # ``precompute`` bits: which gradients forward computes (0: none, the loss only).
 _X, _T, _V = 1, 2, 4
-
-
-def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _floating(dtype: torch.dtype) -> torch.dtype:
@@ -249,13 +249,6 @@ def _fused(
     return total, gx, gt, gv
 
 
-def _sum_to(grad: Tensor, like: Tensor) -> Tensor:
-    """A gradient summed over the dimensions ``like`` was broadcast along, in its dtype."""
-    if grad.shape != like.shape:
-        grad = grad.sum_to_size(like.shape)
-    return _cast(grad, like.dtype)
-
-
 def _gradients(
     x: Tensor,
     t: Tensor,
@@ -340,15 +333,6 @@ class _GaussianNLL(torch.autograd.Function):
             x, t, var = ctx.saved_tensors
             grads = _gradients(x, t, var, eps, reduction, grad_loss, need)
         return (*grads, None, None, None, None)
-
-
-def _take(ctx: Any) -> tuple | None:
-    """Forward's gradients, once (``_function.take_gradient``'s rule, for a tuple of them)."""
-    stash = getattr(ctx, "stashed", None)
-    ctx.stashed = None
-    if stash is None or torch.is_grad_enabled():
-        return None
-    return stash
 
 
 def _has_negative(var: Tensor) -> bool:

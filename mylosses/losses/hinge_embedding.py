@@ -61,6 +61,8 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 from mylosses import _function, _reduction, _validation
 from mylosses._reduction import MEAN, NONE, SUM
 
+_cast = _function.cast
+
 __all__ = ["HingeEmbeddingLoss", "hinge_embedding_loss"]
 
 # Elements per block (as in ``mylosses/_pointwise.py``: the blocks stay in a core's L2).
@@ -68,10 +70,6 @@ BLOCK = 1 << 17
 
 _HALF = (torch.float16, torch.bfloat16)
 _NATIVE = (torch.float32, torch.float64)
-
-
-def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _work(dtype: torch.dtype) -> torch.dtype:

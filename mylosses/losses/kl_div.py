@@ -75,6 +75,10 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 from mylosses import _function, _reduction, _validation
 from mylosses._reduction import MEAN, NONE, SUM
 
+_cast = _function.cast
+_sum_to = _function.sum_to_like
+_take = _function.take_gradients
+
 __all__ = ["KLDivLoss", "kl_div"]
 
 # Elements per block (as in ``mylosses/_pointwise.py``: the blocks stay in a core's L2).
@@ -91,10 +95,6 @@ _MEAN_WARNING = (
     "'batchmean' divides only by the batch size, and aligns with the KL div math definition."
     "'mean' will be changed to behave the same as 'batchmean' in the next major release."
 )
-
-
-def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _work_dtype(x: Tensor, t: Tensor) -> tuple[torch.dtype, torch.dtype]:
@@ -257,13 +257,6 @@ def _fused(
     return total, gx, gt
 
 
-def _sum_to(grad: Tensor, like: Tensor) -> Tensor:
-    """A gradient summed over the dimensions ``like`` was broadcast along, in its dtype."""
-    if grad.shape != like.shape:
-        grad = grad.sum_to_size(like.shape)
-    return _cast(grad, like.dtype)
-
-
 def _gradients(
     x: Tensor,
     t: Tensor,
@@ -368,15 +361,6 @@ class _KLDiv(torch.autograd.Function):
             x, t = ctx.saved_tensors
             grads = _gradients(x, t, reduction, log_target, divisor, grad_loss, need)
         return (*grads, None, None, None, None)
-
-
-def _take(ctx: Any) -> tuple | None:
-    """Forward's gradients, once (``_function.take_gradient``'s rule, for a tuple of them)."""
-    stash = getattr(ctx, "stashed", None)
-    ctx.stashed = None
-    if stash is None or torch.is_grad_enabled():
-        return None
-    return stash
 
 
 def _check(input: Tensor, target: Tensor) -> None:

@@ -59,6 +59,10 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 from mylosses import _function, _reduction, _validation
 from mylosses._reduction import MEAN, NONE
 
+_cast = _function.cast
+_sum_to = _function.sum_to_like
+_take = _function.take_gradients
+
 __all__ = ["MarginRankingLoss", "margin_ranking_loss"]
 
 # Elements per block (as in ``mylosses/_pointwise.py``: the blocks stay in a core's L2).
@@ -69,10 +73,6 @@ _NATIVE = (torch.float32, torch.float64)
 
 # ``precompute`` bits: which gradients forward computes (0: none, the loss only).
 _X1, _X2, _Y = 1, 2, 4
-
-
-def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _result_dtype(x1: Tensor, x2: Tensor, y: Tensor) -> torch.dtype:
@@ -194,13 +194,6 @@ def _fused(
     return total, g1, g2, gy
 
 
-def _sum_to(grad: Tensor, like: Tensor) -> Tensor:
-    """A gradient summed over the dimensions ``like`` was broadcast along, in its dtype."""
-    if grad.shape != like.shape:
-        grad = grad.sum_to_size(like.shape)
-    return _cast(grad, like.dtype)
-
-
 def _gradients(
     x1: Tensor,
     x2: Tensor,
@@ -282,15 +275,6 @@ class _MarginRanking(torch.autograd.Function):
             x1, x2, y = ctx.saved_tensors
             grads = _gradients(x1, x2, y, margin, reduction, grad_loss, need)
         return (*grads, None, None, None)
-
-
-def _take(ctx: Any) -> tuple | None:
-    """Forward's gradients, once (``_function.take_gradient``'s rule, for a tuple of them)."""
-    stash = getattr(ctx, "stashed", None)
-    ctx.stashed = None
-    if stash is None or torch.is_grad_enabled():
-        return None
-    return stash
 
 
 def _check(input1: Tensor, input2: Tensor, target: Tensor) -> None:

@@ -62,6 +62,9 @@ from mylosses import _function, _reduction, _validation
 from mylosses._math import log_sigmoid
 from mylosses._reduction import MEAN, NONE, SUM
 
+_cast = _function.cast
+_sum_to = _function.sum_to_like
+
 __all__ = ["MultiLabelSoftMarginLoss", "multilabel_soft_margin_loss"]
 
 # Elements per block of rows (a block and its scratch stay in L2).
@@ -70,10 +73,6 @@ BLOCK = 1 << 17
 _HALF = (torch.float16, torch.bfloat16)
 _NATIVE = (torch.float32, torch.float64)
 _REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
-
-
-def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _work(input: Tensor, target: Tensor, weight: Tensor | None) -> torch.dtype:
@@ -293,13 +292,6 @@ class _MultiLabelSoftMargin(torch.autograd.Function):
                 up = (up / c).expand(per_shape).unsqueeze(dim).expand(full)
                 grad_weight = _sum_to(_cast(loss, dtype) * up, weight)
         return grad_input, grad_target, grad_weight, None, None
-
-
-def _sum_to(grad: Tensor, like: Tensor) -> Tensor:
-    """A gradient summed over the dimensions ``like`` was broadcast along, in its dtype."""
-    if grad.shape != like.shape:
-        grad = grad.sum_to_size(like.shape)
-    return _cast(grad, like.dtype)
 
 
 def _check(input: Tensor, target: Tensor, weight: Tensor | None) -> None:

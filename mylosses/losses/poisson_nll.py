@@ -65,6 +65,9 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 from mylosses import _function, _reduction, _validation
 from mylosses._reduction import MEAN, NONE, SUM
 
+_cast = _function.cast
+_take = _function.take_gradients
+
 __all__ = ["PoissonNLLLoss", "poisson_nll_loss"]
 
 # Elements per block (as in ``mylosses/_pointwise.py``: the blocks stay in a core's L2).
@@ -76,10 +79,6 @@ _TWO_PI = 2 * math.pi
 
 # ``precompute`` bits: which gradients forward computes (0: none, the loss only).
 _X, _Y = 1, 2
-
-
-def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _result_dtype(x: Tensor, t: Tensor, log_input: bool) -> torch.dtype:
@@ -326,15 +325,6 @@ class _PoissonNLL(torch.autograd.Function):
             x, t = ctx.saved_tensors
             grads = _gradients(x, t, log_input, full, eps, reduction, grad_loss, need)
         return (*grads, None, None, None, None, None)
-
-
-def _take(ctx: Any) -> tuple | None:
-    """Forward's gradients, once (``_function.take_gradient``'s rule, for a tuple of them)."""
-    stash = getattr(ctx, "stashed", None)
-    ctx.stashed = None
-    if stash is None or torch.is_grad_enabled():
-        return None
-    return stash
 
 
 def poisson_nll_loss(

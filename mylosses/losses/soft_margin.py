@@ -63,6 +63,8 @@ from mylosses import _function, _reduction, _validation
 from mylosses._math import softplus
 from mylosses._reduction import MEAN, NONE
 
+_cast = _function.cast
+
 __all__ = ["SoftMarginLoss", "soft_margin_loss"]
 
 # Elements per block (as in ``mylosses/_pointwise.py``: a block and its scratch stay in L2).
@@ -72,10 +74,6 @@ LOG_MAX64 = math.log(sys.float_info.max)
 
 _HALF = (torch.float16, torch.bfloat16)
 _NATIVE = (torch.float32, torch.float64)
-
-
-def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def work_dtype(input: Tensor, target: Tensor) -> tuple[torch.dtype, bool]:

@@ -71,14 +71,12 @@ from mylosses import _function, _reduction, _validation
 from mylosses._math import grad_for, norm_backward, pairwise_distance, sum_to, vector_norm
 from mylosses._reduction import MEAN, NONE, SUM
 
+_cast = _function.cast
+
 __all__ = ["TripletMarginLoss", "triplet_margin_loss"]
 
 _HALF = (torch.float16, torch.bfloat16)
 _NATIVE = (torch.float32, torch.float64)
-
-
-def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _pair_dtype(x: Tensor, y: Tensor) -> torch.dtype:
