@@ -68,6 +68,9 @@ class _Outcome:
     grads: Sequence[torch.Tensor | None] = ()
     grad_grad_error: Exception | None = None
     grad_grads: Sequence[torch.Tensor | None] = ()
+    # Why no second-order gradient can judge ours (torch has none, and the reference's first
+    # derivatives are not torch's): ours must then only run.
+    unjudged: str | None = None
 
 
 def run_case(spec: LossSpec, case: Case, *, double_backward: bool | None = None) -> CaseResult:
@@ -226,7 +229,12 @@ def _second_order_from(reference: Callable[..., Any], case: Case, outcome: _Outc
     """``outcome`` (torch's) with its second-order gradients taken from ``reference`` (the
     spec's composition of plain torch ops), where torch's own double backward is not
     implemented: run on float64 copies of ``case`` under ``outcome``'s upstream gradient, each
-    result cast to its input's dtype. Any other outcome is returned as it is."""
+    result cast to its input's dtype. Any other outcome is returned as it is.
+
+    The reference is a witness only where its first-order gradients are torch's: a composition
+    of plain ops can differ from torch's kernel where the derivative is not defined (CTC: torch
+    gives NaN for a -inf log-probability or an impossible target, autograd a number). There the
+    second order has no truth to compare with, and the outcome says so (``unjudged``)."""
     if not _not_implemented(outcome.grad_grad_error) or outcome.upstream is None:
         return outcome
     ref = _run(
@@ -238,6 +246,16 @@ def _second_order_from(reference: Callable[..., Any], case: Case, outcome: _Outc
     if ref.error is not None or ref.grad_error is not None:
         return outcome
     inputs = [t for _, t in case.grad_inputs()]
+    first = [
+        _compare(case, "reference grad", r.to(g.dtype), g)
+        for r, g in ((_at(ref.grads, i), _at(outcome.grads, i)) for i in range(len(inputs)))
+        if r is not None and g is not None
+    ]
+    if any(first):
+        why = "the reference's first derivatives are not torch's: " + "; ".join(
+            f for f in first if f
+        )
+        return replace(outcome, unjudged=why)
     grads = [
         None if g is None else g.to(t.dtype)
         for g, t in zip(list(ref.grad_grads) or [None] * len(inputs), inputs, strict=True)
@@ -277,6 +295,10 @@ def _diff(
     for i, (name, _) in enumerate(named):
         grads = _at(ours.grads, i), _at(theirs.grads, i), _at(ref.grads, i)
         failures.append(_compare(case, f"{where} grad {name}", *grads))
+    if theirs.unjudged is not None:
+        # no second-order truth (see _second_order_from): ours must run, its values are free
+        failures.append(_exception_mismatch(f"{where} double backward", ours.grad_grad_error, None))
+        return [f for f in failures if f]
     failures.append(
         _exception_mismatch(
             f"{where} double backward", ours.grad_grad_error, theirs.grad_grad_error

@@ -61,6 +61,10 @@ class LossSpec:
     bench_case: Callable[[BenchSize, str], Case]
     bench_sizes: tuple[BenchSize, ...] = BENCH_SIZES
     reference: Callable[..., torch.Tensor] | None = None
+    # Where torch's gradient w.r.t. the first argument is not the true derivative (CTC returns
+    # the gradient w.r.t. the logits before a log_softmax), the map that numerical checks
+    # (gradcheck) apply to the first argument before the call, under which it is.
+    gradcheck_map: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def ours_fn(self) -> Callable[..., Any]:

@@ -353,6 +353,9 @@ class TestEdgeShapes(_Base):
         """Empty inputs: 'mean' is nan (0/0) as in torch, 'sum' is 0, 'none' is empty; the
         gradients are empty tensors of the inputs' shapes."""
         fn = entry(name).function
+        if not _draws(name, lambda c: has_tag(c, "empty") and _empty_case(c)):
+            # (a loss that torch rejects when empty: its generator's empty calls are invalid)
+            self.skipTest(f"{name} has no valid empty form (its generator draws none)")
         cases = find_cases(name, lambda c: has_tag(c, "empty") and _empty_case(c), count=3)
         for case in cases:
             c = with_grads(

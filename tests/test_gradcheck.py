@@ -208,8 +208,12 @@ def _as_function(case: Case, names: tuple[str, ...]) -> tuple[Any, tuple[torch.T
     args = [leaves.get(n, a) for n, a in zip(arg_names, case.args, strict=True)]
     kwargs = {k: leaves.get(k, v) for k, v in case.kwargs.items()}
 
+    first_map = spec(case.loss).gradcheck_map
+
     def f(*tensors: torch.Tensor) -> torch.Tensor:
         replaced = dict(zip(names, tensors, strict=True))
+        if first_map is not None and arg_names[0] in replaced:
+            replaced[arg_names[0]] = first_map(replaced[arg_names[0]])
         a = [replaced.get(n, x) for n, x in zip(arg_names, args, strict=True)]
         kw = {k: replaced.get(k, v) for k, v in kwargs.items()}
         with warnings.catch_warnings():

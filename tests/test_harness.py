@@ -224,6 +224,27 @@ class TestSecondOrderReference(unittest.TestCase):
                     planted.failures,
                 )
 
+    @parameterized.expand([(n,) for n in REFERENCED], name_func=safe_name)
+    def test_reference_judges_only_where_its_first_derivatives_are_torchs(self, name: str) -> None:
+        """A reference whose gradient is not torch's (as where torch's is NaN and autograd's a
+        number) is no witness of the second order: the case passes unjudged, planted bug and
+        all, while ours must still run."""
+        s = spec(name)
+        reference = s.reference
+        assert reference is not None
+
+        def off(*args: Any, **kwargs: Any) -> Any:
+            x = args[0]
+            return reference(*args, **kwargs) + 0.5 * (x - x.detach()).sum()
+
+        skewed = dataclasses.replace(s, reference=off)
+        for case in _second_order_cases(name):
+            with self.subTest(seed=case.seed):
+                with planted_second_order(name):
+                    self.assertFalse(run_case(s, case).ok)
+                    result = run_case(skewed, case)
+                self.assertTrue(result.ok, result.failures)
+
 
 class TestReports(unittest.TestCase):
     def test_clean_run_writes_valid_reports(self) -> None:
