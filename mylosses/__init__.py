@@ -11,6 +11,7 @@ from mylosses.losses.bce import BCELoss
 from mylosses.losses.bce_with_logits import BCEWithLogitsLoss
 from mylosses.losses.cosine_embedding import CosineEmbeddingLoss
 from mylosses.losses.cross_entropy import CrossEntropyLoss
+from mylosses.losses.ctc import CTCLoss
 from mylosses.losses.gaussian_nll import GaussianNLLLoss
 from mylosses.losses.hinge_embedding import HingeEmbeddingLoss
 from mylosses.losses.huber import HuberLoss
@@ -31,6 +32,7 @@ from mylosses.losses.triplet_margin_with_distance import TripletMarginWithDistan
 __all__ = [
     "BCELoss",
     "BCEWithLogitsLoss",
+    "CTCLoss",
     "CosineEmbeddingLoss",
     "CrossEntropyLoss",
     "GaussianNLLLoss",

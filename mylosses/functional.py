@@ -4,6 +4,7 @@ from mylosses.losses.bce import binary_cross_entropy
 from mylosses.losses.bce_with_logits import binary_cross_entropy_with_logits
 from mylosses.losses.cosine_embedding import cosine_embedding_loss
 from mylosses.losses.cross_entropy import cross_entropy
+from mylosses.losses.ctc import ctc_loss
 from mylosses.losses.gaussian_nll import gaussian_nll_loss
 from mylosses.losses.hinge_embedding import hinge_embedding_loss
 from mylosses.losses.huber import huber_loss
@@ -26,6 +27,7 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "cosine_embedding_loss",
     "cross_entropy",
+    "ctc_loss",
     "gaussian_nll_loss",
     "hinge_embedding_loss",
     "huber_loss",
