@@ -159,6 +159,44 @@ def short_backward(
     return tuple(g.mul_(upstream) for g in grads)
 
 
+def short_path(
+    fused: Callable[..., tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]],
+    gradients: Callable[..., tuple[torch.Tensor | None, torch.Tensor | None]],
+    input_only: int,
+) -> Callable[[torch.Tensor, torch.Tensor, tuple], torch.Tensor]:
+    """The fast apply of an old-style Function for small calls of an (input, target) loss
+    whose target does not require grad: ``apply(input, target, meta)``.
+
+    An old-style Function's call costs a few microseconds less than the new style's forward +
+    setup_context, which at a batch of 8 is the margin to torch's whole composition. Its
+    forward is ``fused(input, target, *meta, input_only)`` (the loss and the input's gradient
+    in one pass, the gradient stashed); its backward is :func:`short_backward`, with
+    ``gradients(input, target, *meta, upstream, (True, False))`` for double backward."""
+
+    def again(ctx: Any) -> tuple[torch.Tensor]:
+        x, t = ctx.saved_tensors
+        return (fused(x, t, *ctx.meta, input_only)[1],)  # type: ignore[return-value]
+
+    def derivative(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None]:
+        x, t = ctx.saved_tensors
+        return (gradients(x, t, *ctx.meta, grad, (True, False))[0],)
+
+    class _Short(Function):
+        @staticmethod
+        def forward(ctx: Any, input: torch.Tensor, target: torch.Tensor, meta: tuple) -> Any:
+            ctx.save_for_backward(input, target)
+            ctx.meta = meta
+            loss, grad, _ = fused(input, target, *meta, input_only)
+            ctx.stashed_gradients = (grad,)
+            return loss
+
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+            return (*short_backward(ctx, grad, again, derivative), None, None)
+
+    return super(Function, _Short).apply
+
+
 def cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``t`` in ``dtype``, without a copy when it is already."""
     return t if t.dtype == dtype else t.to(dtype)

@@ -363,38 +363,10 @@ class _KLDiv(torch.autograd.Function):
         return (*grads, None, None, None, None)
 
 
-class _Short(torch.autograd.Function):
-    """Small inputs whose target does not require grad (a distillation target): the same
-    fused pass, through an old-style Function, whose call costs a few microseconds less than
-    the new style's forward + setup_context, which at (8, 64) is what torch's whole composition
-    costs over ours. ``meta``: (reduction, log_target, divisor)."""
-
-    @staticmethod
-    def forward(ctx: Any, input: Tensor, target: Tensor, meta: tuple) -> Tensor:
-        ctx.save_for_backward(input, target)
-        ctx.meta = meta
-        loss, gx, _ = _fused(input, target, *meta, _X)
-        ctx.stashed_gradients = (gx,)
-        return loss
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple:
-        return (*_function.short_backward(ctx, grad, _short_again, _short_derivative), None, None)
-
-
-def _short_again(ctx: Any) -> tuple[Tensor]:
-    """A retained graph's second backward: forward's pass again (the same bits)."""
-    x, t = ctx.saved_tensors
-    return (_fused(x, t, *ctx.meta, _X)[1],)  # type: ignore[return-value]
-
-
-def _short_derivative(ctx: Any, grad: Tensor) -> tuple[Tensor]:
-    """Double backward: the input's gradient with differentiable ops."""
-    x, t = ctx.saved_tensors
-    return (_gradients(x, t, *ctx.meta, grad, (True, False))[0],)  # type: ignore[return-value]
-
-
-_SHORT_APPLY = super(torch.autograd.Function, _Short).apply  # (see _function.apply)
+# Small calls whose target does not require grad (a distillation or count target): the same
+# fused pass through an old-style Function (``_function.short_path``);
+# meta = (reduction, log_target, divisor).
+_SHORT_APPLY = _function.short_path(_fused, _gradients, _X)
 _FAST_APPLY = _function.apply  # (tests replace _function.apply to exercise the regular path)
 # Up to this many elements a call takes the short path.
 _SHORT = 1 << 12
