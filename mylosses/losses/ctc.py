@@ -50,14 +50,15 @@ through that log_softmax gives the right logit gradient anyway: the extra :math:
 sums to one per row and the softmax backward removes it. We return torch's :math:`g`, so that
 mylosses is a drop-in replacement; it is *not* the derivative of the loss with respect to
 unnormalised ``log_probs``, and a ``gradcheck`` must go through a ``log_softmax`` (ours does, in
-tests/test_ctc.py). Torch computes the sum as :math:`\exp(\log\sum_s e^{\alpha+\beta} + \ell -
-x)`; its NaN patterns are ours too (an impossible target gives NaN gradients for every
-:math:`t < T_n`, a :math:`-\infty` log-probability gives NaN). Our order differs in one
-respect that matters: we sum :math:`e^{\alpha + \beta - x - m}` per class, shifted by the
-largest posterior :math:`m` of the step, not :math:`e^{\alpha + \beta - m'}` by the largest
-:math:`\alpha + \beta`; a label far less likely than the blank (x = -120 against 0) can carry
-every alignment, and shifted by the blank's :math:`\alpha + \beta` its whole occupancy
-would underflow to 0 (a gradient of 0 where torch's is -1/T).
+tests/test_ctc.py). Torch computes the sum per class in log space, :math:`\exp(\log\sum_s
+e^{\alpha+\beta} + \ell - x)`; its NaN patterns are ours too (an impossible target gives NaN
+gradients for every :math:`t < T_n`, a :math:`-\infty` log-probability gives NaN). We sum in
+linear space, one ``exp`` and one scatter per step: :math:`e^{\alpha + \beta - x - m}` per
+class, where :math:`m` is the step's largest :math:`\alpha + \beta - x` (the largest
+posterior). The shift must be that one, not the largest :math:`\alpha + \beta`: a label far
+less likely than the blank (x = -120 against 0) can carry every alignment, and shifted by the
+blank's :math:`\alpha + \beta` its whole occupancy would underflow to 0 (a gradient of 0 where
+torch's is -1/T).
 
 How it is computed (mylosses' choices, none of them torch's):
 
