@@ -120,6 +120,28 @@ class TestCTC(unittest.TestCase):
         targets = torch.tensor([[1, 1], [2, 1]])
         _both(lp, targets, (2, 2), (2, 2), zero_infinity=True, reduction="none")
 
+    def test_last_step_counts_end_states_only(self) -> None:
+        """At t = T_n - 1 torch's gradient takes the two end states only: a NaN that has
+        reached other states by then (but not the end states, so the loss is finite) stays out
+        of it."""
+        lp = _log_probs(8, 2, 6)
+        lp[5, 0, 1] = float("nan")
+        targets = torch.tensor([[1, 2, 3, 4], [2, 3, 4, 5]])
+        _both(lp, targets, (8, 8), (4, 4), reduction="none")
+
+    def test_positive_infinity(self) -> None:
+        """torch's log-sum-exp subtracts its largest term: a +inf it reads becomes NaN, a +inf
+        in the last step stays, and an empty target's loss is -inf there (no log-sum-exp)."""
+        inf = float("inf")
+        for values in ([1.0, inf], [inf, 1.0], [inf, inf], [inf], [2.0, -inf], [-inf, inf]):
+            for blank_only in (True, False):
+                with self.subTest(values=values, empty_target=blank_only):
+                    lp = torch.tensor(values, dtype=f64)[:, None, None].expand(-1, 1, 2).clone()
+                    lp[:, 0, 1] = 0.5
+                    targets = torch.zeros(0 if blank_only else 1, dtype=torch.long) + 1
+                    tl = (0,) if blank_only else (1,)
+                    _both(lp, targets, (len(values),), tl, reduction="none")
+
     def test_half_before_empty(self) -> None:
         """torch checks the dtype before the size: empty half input is NotImplementedError."""
         lp = torch.zeros(0, 2, 5, dtype=torch.float16)

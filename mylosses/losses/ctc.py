@@ -75,16 +75,19 @@ How it is computed (mylosses' choices, none of them torch's):
   (each sample's steps reversed within :math:`T_n`, its extended labels within :math:`L_n`;
   torch's start at the two end states becomes alpha's start at states 0 and 1). Stacking the
   reversed samples beside the originals runs both recursions in one Python loop over time:
-  at small sizes each step costs the same fixed few microseconds whatever its width.
+  at small sizes each step costs the same fixed few microseconds whatever its width. For the
+  same reason small inputs are computed in float64 whatever their dtype.
 - **Large inputs: blocks of beta.** Keeping every beta would double the memory, so beta runs
   backwards a block of steps at a time, and each block becomes gradient at once.
 - **torch.func.** A vmap may batch the targets and lengths too, which cannot be read on the
   host; under transforms each tensor is an input of a Function whose vmap rule folds the
   vmapped dimension into CTC's own batch (B calls on N samples are one call on B * N).
 
-One more of torch's quirks: at :math:`t = T_n - 1` it *overwrites* the blank's summed
-occupancy with that of the state before the final blank when the last label is the blank
-itself (its code assumes the two end states differ); we drop the final state's term there too.
+One more of torch's quirks, at :math:`t = T_n - 1`: there its gradient takes the two end
+states only, *assigned* rather than summed (other states' :math:`\alpha + \beta` would be
+:math:`-\infty`, or NaN where a NaN log-probability has reached them), and when the last label
+is the blank itself the second assignment *overwrites* the first (its code assumes the two end
+states differ). We keep the end states only, and drop the final state's term in that case.
 
 Double backward: torch has none ("derivative for aten::_ctc_loss_backward is not implemented").
 Ours recomputes :math:`g` with differentiable ops (a :math:`-\infty`-safe log-add-exp) when
@@ -145,20 +148,20 @@ class _Plan:
         self.il = torch.tensor(input_lengths, dtype=torch.long, device=device)
         self.tl = torch.tensor(target_lengths, dtype=torch.long, device=device)
         self.rows = torch.arange(n, device=device)
+        self.ext_t = ext.t().contiguous()  # state-major (L, N), for the recursions
+        self.starts: dict[int, Tensor] = {}
+        self.drops: dict[int, tuple[Tensor, Tensor]] = {}
+        if recursion_only:  # the alpha recursion needs no more
+            return
         # torch's end states (where beta starts) and the states past each L_n (never touched
         # by torch, so a NaN log-probability there must not reach the gradient).
         states = torch.arange(width, device=device)[None, :]
         final = (2 * self.tl)[:, None]
         self.ends = (states == final) | ((states == final - 1) & (final > 0))
         self.beyond = states > final
-        # the same, state-major (L, N), for the recursions
-        self.ext_t = ext.t().contiguous()
         self.ends_t = self.ends.t()
+        self.inner_t = ~self.ends_t  # (the states that are not end states)
         self.beyond_t = self.beyond.t()
-        self.starts: dict[int, Tensor] = {}
-        self.drops: dict[int, tuple[Tensor, Tensor]] = {}
-        if recursion_only:  # the alpha recursion needs no more
-            return
         # Samples whose backward recursion starts after time step t (T_n = t + 1).
         starts: dict[int, list[int]] = {}
         for i, t in enumerate(input_lengths):
@@ -241,6 +244,14 @@ def _offsets(events: list[tuple[int, Tensor]], rows: int, n: int, reverse: bool)
     return off.flip(0).cumsum(0).flip(0) if reverse else off.cumsum(0)
 
 
+def _read(row: Tensor, n: int, width: int, offsets: tuple[int, ...]) -> tuple[Tensor, ...]:
+    """A flat row's three sources as a step reads them, for inputs with a +inf log-probability:
+    torch's log-sum-exp subtracts the largest term, so a +inf it reads becomes NaN (inf - inf),
+    where ``logaddexp`` would keep it +inf."""
+    src = row.masked_fill(row == _INF, float("nan"))
+    return tuple(src[k * n : (k + width) * n] for k in offsets)
+
+
 def _alphas(lp: Tensor, plan: _Plan) -> tuple[Tensor, Tensor, Tensor]:
     """All forward variables, ``A[t + 1, s + 2, n] = alpha_t(s) - off[t + 1, n]`` (two -inf
     states in front and the virtual alpha_{-1} in row 0), the float64 offsets ``off`` (T+1,
@@ -248,6 +259,8 @@ def _alphas(lp: Tensor, plan: _Plan) -> tuple[Tensor, Tensor, Tensor]:
     n, width = plan.ext.shape
     skip = plan.skips_flat()[0]
     ninf = torch.full((), -_INF, dtype=lp.dtype, device=lp.device)
+    posinf = bool(torch.isposinf(lp).any())
+    renorm = lp.dtype != torch.float64  # (float64 keeps its precision far enough from 0)
     a = torch.empty((plan.tmax + 1, width + 2, n), dtype=lp.dtype, device=lp.device)
     a[:, :2] = -_INF
     a[:2, 2:] = -_INF
@@ -266,11 +279,14 @@ def _alphas(lp: Tensor, plan: _Plan) -> tuple[Tensor, Tensor, Tensor]:
                 if t == 0:  # torch: alpha_0 at s = 0, 1 only
                     cur[1][: 2 * n] = emit[0][: 2 * n]
                     continue
-                torch.logaddexp(cur[t], one[t], out=cur[t + 1])
-                torch.where(skip, two[t], ninf, out=tmp)
+                stay, advance, jump = cur[t], one[t], two[t]
+                if posinf:
+                    stay, advance, jump = _read(flat[t], n, width, (2, 1, 0))
+                torch.logaddexp(stay, advance, out=cur[t + 1])
+                torch.where(skip, jump, ninf, out=tmp)
                 torch.logaddexp(cur[t + 1], tmp, out=cur[t + 1])
                 cur[t + 1].add_(emit[t - t0])
-                if t % _RENORM == 0:
+                if renorm and t % _RENORM == 0:
                     _renormalise(cur[t + 1], n, events, t + 1)
     if events:
         off = _offsets(events, plan.tmax + 1, n, reverse=False)
@@ -280,8 +296,9 @@ def _alphas(lp: Tensor, plan: _Plan) -> tuple[Tensor, Tensor, Tensor]:
     last = a[plan.il, :, plan.rows]  # (N, L + 2)
     nll = torch.logaddexp(last.gather(1, ends[:, None]), last.gather(1, ends[:, None] - 1))
     nll = nll.squeeze(1).to(torch.float64).add_(off[plan.il, plan.rows]).neg_()
-    # +inf log-probabilities: torch's inf - inf gives NaN where our logaddexp gives inf
-    return a, off, nll.masked_fill_(nll == -_INF, float("nan"))
+    # +inf log-probabilities: torch's log-sum-exp of the two end states gives NaN (inf - inf)
+    # where logaddexp gives inf; an empty target's loss is its one end state's, -inf
+    return a, off, nll.masked_fill_((nll == -_INF) & (plan.tl > 0), float("nan"))
 
 
 def _exp_(x: Tensor) -> Tensor:
@@ -309,11 +326,13 @@ def _occupancies(
     another's at the same step can still carry all the alignments. (alpha, beta, emit:
     (steps, L, N) state-major; out: scratch of that shape.)"""
     steps, width, n = emit.shape
-    g = torch.add(alpha, beta, out=out).sub_(emit).masked_fill_(plan.beyond_t, -_INF)
-    for t in range(t0, t0 + steps):
-        drop = plan.drops.get(t + 1)
-        if drop is not None:
-            g[t - t0, drop[1], drop[0]] = -_INF
+    g = torch.add(alpha, beta, out=out).sub_(emit)
+    # states past L_n, and at t = T_n - 1 all but the two end states (torch counts only those)
+    last = torch.arange(t0, t0 + steps, device=g.device)[:, None] == plan.il[None, :] - 1
+    g.masked_fill_((last[:, None, :] & plan.inner_t) | plan.beyond_t, -_INF)
+    for t, drop in plan.drops.items():
+        if t0 < t <= t0 + steps:
+            g[t - 1 - t0, drop[1], drop[0]] = -_INF
     # a NaN occupancy stays in its own class, as in torch's per-class log-add
     lowest = torch.finfo(g.dtype).min
     m = torch.nan_to_num(g, nan=-_INF).amax(1, keepdim=True).clamp_min_(lowest)
@@ -354,6 +373,8 @@ def _gradient(lp: Tensor, plan: _Plan, a: Tensor, a_off: Tensor, nll: Tensor) ->
     tmax = plan.tmax
     skip = plan.skips_flat()[1]
     ninf = torch.full((), -_INF, dtype=lp.dtype, device=lp.device)
+    posinf = bool(torch.isposinf(lp).any())
+    renorm = lp.dtype != torch.float64  # (float64 keeps its precision far enough from 0)
     grad = torch.zeros((t_all, n, c), dtype=lp.dtype, device=lp.device)
     shift = torch.empty((tmax, 1, n), dtype=lp.dtype, device=lp.device)
     blk = _block_steps(plan) if tmax else 1
@@ -372,14 +393,17 @@ def _gradient(lp: Tensor, plan: _Plan, a: Tensor, a_off: Tensor, nll: Tensor) ->
         rows = emit.view(tb, -1).unbind(0)
         for k in reversed(range(tb)):
             t = t0 + k
-            torch.logaddexp(cur[k + 1], one[k + 1], out=cur[k])
-            torch.where(skip, two[k + 1], ninf, out=tmp)
+            stay, advance, jump = cur[k + 1], one[k + 1], two[k + 1]
+            if posinf:
+                stay, advance, jump = _read(flat[k + 1], n, width, (0, 1, 2))
+            torch.logaddexp(stay, advance, out=cur[k])
+            torch.where(skip, jump, ninf, out=tmp)
             torch.logaddexp(cur[k], tmp, out=cur[k])
             cur[k].add_(rows[k])
             idx = plan.starts.get(t + 1)
             if idx is not None:  # torch: beta_{T_n - 1} at the two end states only
                 b[k, :width, idx] = torch.where(plan.ends_t[:, idx], emit[k][:, idx], -_INF)
-            if t % _RENORM == 0:
+            if renorm and t % _RENORM == 0:
                 _renormalise(cur[k], n, events, t)
         alpha = a[t0 + 1 : t1 + 1, 2:]
         _occupancies(grad, shift, plan, t0, alpha, b[:tb, :width], emit, scratch[:tb])
@@ -437,11 +461,25 @@ def _stacked(lp: Tensor, plan: _Plan) -> tuple[Tensor, Tensor]:
     return nll, _finish(grad, lp, plan, shift, off2[1:, :n] + b_off, nll)
 
 
+def _small(plan: _Plan) -> bool:
+    """Whether a call is small enough for the stacked recursion (and computed in float64:
+    there the cost is per op, not per element, so float32 results carry one rounding, not
+    the recursion's accumulated ones)."""
+    n, width = plan.ext.shape
+    return (plan.tmax + 1) * (width + 2) * n <= _STACKED
+
+
+def _losses(lp: Tensor, plan: _Plan) -> Tensor:
+    """The per-sample losses alone, in lp's dtype, as precise as :func:`_losses_and_gradient`'s."""
+    work = lp.to(torch.float64) if _small(plan) else lp
+    return _alphas(work, plan)[2].to(lp.dtype)
+
+
 def _losses_and_gradient(lp: Tensor, plan: _Plan) -> tuple[Tensor, Tensor]:
     """The per-sample losses (float64) and torch's unscaled gradient."""
-    n, width = plan.ext.shape
-    if (plan.tmax + 1) * (width + 2) * n <= _STACKED:
-        return _stacked(lp, plan)
+    if _small(plan):
+        nll, grad = _stacked(lp.to(torch.float64), plan)
+        return nll, grad.to(lp.dtype)
     a, off, nll = _alphas(lp, plan)
     return nll, _gradient(lp, plan, a, off, nll)
 
@@ -509,6 +547,8 @@ def _gradient_differentiable(lp: Tensor, plan: _Plan) -> tuple[Tensor, Tensor]:
         # -inf, not NaN, where x is -inf: a NaN in where's unused branch would reach the
         # second derivatives (0 * NaN); the NaN of torch's gradient there is put in below
         dead = plan.beyond | (lpe == -_INF)
+        if idx is not None:  # torch: at t = T_n - 1 only the two end states count
+            dead = dead | (started & ~plan.ends)
         g = torch.where(dead, torch.full_like(beta, -_INF), a[t + 1] + beta - lpe)
         drop = plan.drops.get(t + 1)
         if drop is not None:
@@ -563,7 +603,7 @@ class _CTC(torch.autograd.Function):
         if precompute:
             nll, grad = _losses_and_gradient(lp, plan)
         else:
-            nll, grad = _alphas(lp, plan)[2], None
+            nll, grad = _losses(lp, plan), None
         return _reduce(nll.to(lp.dtype), plan), grad
 
     @staticmethod
@@ -611,7 +651,7 @@ class _PerSample(torch.autograd.Function):
         lp: Tensor, targets: Tensor, il: Tensor, tl: Tensor, blank: int, zi: bool
     ) -> Tensor:
         plan = _plan(lp, targets, il, tl, blank, NONE, zi)
-        return _reduce(_alphas(lp, plan)[2].to(lp.dtype), plan)
+        return _reduce(_losses(lp, plan), plan)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
@@ -893,7 +933,7 @@ def ctc_loss(
     plan = _plan(lp, targets, input_lengths, target_lengths, blank, red, zero_infinity)
     if not _function.needs_autograd(lp):
         with torch.no_grad():
-            loss = _reduce(_alphas(lp, plan)[2].to(lp.dtype), plan)
+            loss = _reduce(_losses(lp, plan), plan)
     else:
         loss, _ = _function.apply(_CTC, lp, plan, _function.may_precompute())
     if not batched and red == NONE:
