@@ -148,6 +148,7 @@ class _Plan:
         self.il = torch.tensor(input_lengths, dtype=torch.long, device=device)
         self.tl = torch.tensor(target_lengths, dtype=torch.long, device=device)
         self.rows = torch.arange(n, device=device)
+        self.posinf = True  # whether log_probs hold a +inf (set by _plan; see _read)
         self.ext_t = ext.t().contiguous()  # state-major (L, N), for the recursions
         self.starts: dict[int, Tensor] = {}
         self.drops: dict[int, tuple[Tensor, Tensor]] = {}
@@ -259,7 +260,7 @@ def _alphas(lp: Tensor, plan: _Plan) -> tuple[Tensor, Tensor, Tensor]:
     n, width = plan.ext.shape
     skip = plan.skips_flat()[0]
     ninf = torch.full((), -_INF, dtype=lp.dtype, device=lp.device)
-    posinf = bool(torch.isposinf(lp).any())
+    posinf = plan.posinf
     renorm = lp.dtype != torch.float64  # (float64 keeps its precision far enough from 0)
     a = torch.empty((plan.tmax + 1, width + 2, n), dtype=lp.dtype, device=lp.device)
     a[:, :2] = -_INF
@@ -328,8 +329,11 @@ def _occupancies(
     steps, width, n = emit.shape
     g = torch.add(alpha, beta, out=out).sub_(emit)
     # states past L_n, and at t = T_n - 1 all but the two end states (torch counts only those)
-    last = torch.arange(t0, t0 + steps, device=g.device)[:, None] == plan.il[None, :] - 1
-    g.masked_fill_((last[:, None, :] & plan.inner_t) | plan.beyond_t, -_INF)
+    if any(t0 < t <= t0 + steps for t in plan.starts):
+        last = torch.arange(t0, t0 + steps, device=g.device)[:, None] == plan.il[None, :] - 1
+        g.masked_fill_((last[:, None, :] & plan.inner_t) | plan.beyond_t, -_INF)
+    else:
+        g.masked_fill_(plan.beyond_t, -_INF)
     for t, drop in plan.drops.items():
         if t0 < t <= t0 + steps:
             g[t - 1 - t0, drop[1], drop[0]] = -_INF
@@ -373,7 +377,7 @@ def _gradient(lp: Tensor, plan: _Plan, a: Tensor, a_off: Tensor, nll: Tensor) ->
     tmax = plan.tmax
     skip = plan.skips_flat()[1]
     ninf = torch.full((), -_INF, dtype=lp.dtype, device=lp.device)
-    posinf = bool(torch.isposinf(lp).any())
+    posinf = plan.posinf
     renorm = lp.dtype != torch.float64  # (float64 keeps its precision far enough from 0)
     grad = torch.zeros((t_all, n, c), dtype=lp.dtype, device=lp.device)
     shift = torch.empty((tmax, 1, n), dtype=lp.dtype, device=lp.device)
@@ -445,6 +449,7 @@ def _stacked(lp: Tensor, plan: _Plan) -> tuple[Tensor, Tensor]:
         plan.zero_infinity,
         recursion_only=True,
     )
+    both.posinf = plan.posinf
     a2, off2, nll2 = _alphas(torch.cat([lp[:tmax], reversed_lp], 1), both)
     nll = nll2[:n]
     # beta_t(s) of sample n is the reversed alpha at step T_n - 1 - t, state L_n - 1 - s
@@ -765,7 +770,9 @@ def _plan(
     il, tl = _host_lengths(il_value, tl_value)
     _check(lp, targets, il, tl, blank)
     ext = _extended(targets, tl, blank, lp.shape[1], lp.device)
-    return _Plan(ext, il, tl, red, bool(zi))
+    plan = _Plan(ext, il, tl, red, bool(zi))
+    plan.posinf = bool(torch.isposinf(lp).any())
+    return plan
 
 
 def _lengths(value: Any, name: str) -> list[int]:
