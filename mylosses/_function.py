@@ -159,42 +159,49 @@ def short_backward(
     return tuple(g.mul_(upstream) for g in grads)
 
 
-def short_path(
-    fused: Callable[..., tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]],
-    gradients: Callable[..., tuple[torch.Tensor | None, torch.Tensor | None]],
-    input_only: int,
-) -> Callable[[torch.Tensor, torch.Tensor, tuple], torch.Tensor]:
-    """The fast apply of an old-style Function for small calls of an (input, target) loss
-    whose target does not require grad: ``apply(input, target, meta)``.
+def short_function(
+    name: str,
+    kernel: Callable[[torch.Tensor, torch.Tensor, Any], tuple[torch.Tensor, torch.Tensor]],
+    derivative: Callable[[torch.Tensor, torch.Tensor, Any, torch.Tensor], torch.Tensor | None],
+) -> type[Function]:
+    """The old-style Function, named ``name``, of a loss's short path (small plain calls of an
+    (input, target) loss whose target does not require grad): ``apply(input, target, meta)``.
 
-    An old-style Function's call costs a few microseconds less than the new style's forward +
-    setup_context, which at a batch of 8 is the margin to torch's whole composition. Its
-    forward is ``fused(input, target, *meta, input_only)`` (the loss and the input's gradient
-    in one pass, the gradient stashed); its backward is :func:`short_backward`, with
-    ``gradients(input, target, *meta, upstream, (True, False))`` for double backward."""
+    Old style, because its call costs a few microseconds less than the new style's forward +
+    setup_context, which at a batch of 8 is a large part of torch's whole time. Forward is
+    ``kernel(input, target, meta)``: the loss, and the input's gradient before the upstream
+    factor, which it stashes. Backward is :func:`short_backward`: ``kernel`` again for a
+    retained graph's second backward, ``derivative(input, target, meta, upstream)`` (the
+    gradient times the upstream, with differentiable ops) for double backward. Input and target
+    are saved, so that autograd notices an in-place change of either before a second backward.
+    """
+
+    def forward(ctx: Any, input: torch.Tensor, target: torch.Tensor, meta: Any) -> torch.Tensor:
+        ctx.save_for_backward(input, target)
+        ctx.meta = meta
+        loss, grad = kernel(input, target, meta)
+        ctx.stashed_gradients = (grad,)
+        return loss
 
     def again(ctx: Any) -> tuple[torch.Tensor]:
-        x, t = ctx.saved_tensors
-        return (fused(x, t, *ctx.meta, input_only)[1],)  # type: ignore[return-value]
+        input, target = ctx.saved_tensors
+        return (kernel(input, target, ctx.meta)[1],)
 
-    def derivative(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None]:
-        x, t = ctx.saved_tensors
-        return (gradients(x, t, *ctx.meta, grad, (True, False))[0],)
+    def differentiable(ctx: Any, upstream: torch.Tensor) -> tuple[torch.Tensor | None]:
+        input, target = ctx.saved_tensors
+        return (derivative(input, target, ctx.meta, upstream),)
 
-    class _Short(Function):
-        @staticmethod
-        def forward(ctx: Any, input: torch.Tensor, target: torch.Tensor, meta: tuple) -> Any:
-            ctx.save_for_backward(input, target)
-            ctx.meta = meta
-            loss, grad, _ = fused(input, target, *meta, input_only)
-            ctx.stashed_gradients = (grad,)
-            return loss
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        return (*short_backward(ctx, grad, again, differentiable), None, None)
 
-        @staticmethod
-        def backward(ctx: Any, grad: torch.Tensor) -> tuple:
-            return (*short_backward(ctx, grad, again, derivative), None, None)
+    body = {"forward": staticmethod(forward), "backward": staticmethod(backward)}
+    return type(name, (Function,), body)
 
-    return super(Function, _Short).apply
+
+def fast_apply(fn: type[Function]) -> Callable[..., Any]:
+    """``fn.apply`` without the per-call signature binding (see :func:`apply`), for a short
+    path's old-style Function in eager mode."""
+    return super(Function, fn).apply  # type: ignore[misc]
 
 
 def cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

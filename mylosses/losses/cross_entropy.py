@@ -471,42 +471,22 @@ def _short(x: Tensor, target: Tensor, plan: _Plan, need_grad: bool) -> tuple[Ten
     return loss, D.scatter_add_(1, t1, plan.minus_r)
 
 
-class _CEShort(torch.autograd.Function):
-    """The short path's loss and gradient (see above)."""
-
-    @staticmethod
-    def forward(ctx: Any, input: Tensor, target: Tensor, plan: _Plan) -> Tensor:
-        # saved so that autograd notices an in-place change of the logits before a second
-        # backward (the gradient depends on their values)
-        ctx.save_for_backward(input, target)
-        ctx.plan = plan
-        loss, G = _short(input, target, plan, True)
-        ctx.stashed_gradients = (G,)
-        return loss
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple:
-        return (*_function.short_backward(ctx, grad, _short_again, _short_derivative), None, None)
-
-
-def _short_again(ctx: Any) -> tuple[Tensor]:
-    """A retained graph's second backward: forward's kernel again (the same bits)."""
-    input, target = ctx.saved_tensors
-    return (_short(input, target, ctx.plan, True)[1],)
-
-
-def _short_derivative(ctx: Any, grad: Tensor) -> tuple[Tensor | None]:
+def _short_derivative(input: Tensor, target: Tensor, plan: _Plan, grad: Tensor) -> Tensor | None:
     """Double backward: the gradient with differentiable ops."""
-    input, target = ctx.saved_tensors
-    setup = ctx.plan.setup
-    return (_gradients(input, target, None, None, setup, grad, (True, False, False))[0],)
+    return _gradients(input, target, None, None, plan.setup, grad, (True, False, False))[0]
+
+
+# The short path's Function (see above), ``apply(input, target, plan)``.
+_CEShort = _function.short_function(
+    "_CEShort", lambda x, t, plan: _short(x, t, plan, True), _short_derivative
+)
 
 
 _is_legacy_batched = torch._C._functorch.is_legacy_batchedtensor
 _grad_enabled = torch.is_grad_enabled
 _transforms_active = _function.transforms_active
 _is_compiling = _function._is_compiling
-_SHORT_APPLY = super(torch.autograd.Function, _CEShort).apply  # (see _function.apply)
+_SHORT_APPLY = _function.fast_apply(_CEShort)
 _FAST_APPLY = _function.apply
 _FLOAT32, _FLOAT64, _INT64 = torch.float32, torch.float64, torch.int64
 

@@ -363,10 +363,27 @@ class _KLDiv(torch.autograd.Function):
         return (*grads, None, None, None, None)
 
 
+def _short_kernel(
+    x: Tensor, t: Tensor, meta: tuple[int, bool, float | None]
+) -> tuple[Tensor, Tensor]:
+    """The short path's forward: the fused pass, for the input's gradient alone."""
+    loss, grad, _ = _fused(x, t, *meta, _X)
+    assert grad is not None
+    return loss, grad
+
+
+def _short_derivative(
+    x: Tensor, t: Tensor, meta: tuple[int, bool, float | None], upstream: Tensor
+) -> Tensor | None:
+    """The short path's double backward: the input's gradient with differentiable ops."""
+    return _gradients(x, t, *meta, upstream, (True, False))[0]
+
+
 # Small calls whose target does not require grad (a distillation or count target): the same
-# fused pass through an old-style Function (``_function.short_path``);
+# fused pass through an old-style Function (``_function.short_function``);
 # meta = (reduction, log_target, divisor).
-_SHORT_APPLY = _function.short_path(_fused, _gradients, _X)
+_KLDivShort = _function.short_function("_KLDivShort", _short_kernel, _short_derivative)
+_SHORT_APPLY = _function.fast_apply(_KLDivShort)
 _FAST_APPLY = _function.apply  # (tests replace _function.apply to exercise the regular path)
 # Up to this many elements a call takes the short path.
 _SHORT = 1 << 12

@@ -371,42 +371,22 @@ def _short(x: Tensor, target: Tensor, plan: _Plan, need_grad: bool) -> tuple[Ten
     return loss, g.scatter_(1, t1, g @ plan.minus_ones)
 
 
-class _MMShort(torch.autograd.Function):
-    """The short path's loss and gradient (see above)."""
-
-    @staticmethod
-    def forward(ctx: Any, input: Tensor, target: Tensor, plan: _Plan) -> Tensor:
-        # saved so that autograd notices an in-place change of the input before a second
-        # backward (the gradient depends on its values)
-        ctx.save_for_backward(input, target)
-        ctx.plan = plan
-        loss, G = _short(input, target, plan, True)
-        ctx.stashed_gradients = (G,)
-        return loss
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple:
-        return (*_function.short_backward(ctx, grad, _short_again, _short_derivative), None, None)
-
-
-def _short_again(ctx: Any) -> tuple[Tensor]:
-    """A retained graph's second backward: forward's computation again (the same bits)."""
-    input, target = ctx.saved_tensors
-    return (_short(input, target, ctx.plan, True)[1],)
-
-
-def _short_derivative(ctx: Any, grad: Tensor) -> tuple[Tensor]:
+def _short_derivative(input: Tensor, target: Tensor, plan: _Plan, grad: Tensor) -> Tensor:
     """Double backward: the gradient with differentiable ops."""
-    input, target = ctx.saved_tensors
-    plan = ctx.plan
-    return (_derivative(input, target, None, plan.p, plan.margin, plan.scale) * grad,)
+    return _derivative(input, target, None, plan.p, plan.margin, plan.scale) * grad
+
+
+# The short path's Function (see above), ``apply(input, target, plan)``.
+_MMShort = _function.short_function(
+    "_MMShort", lambda x, t, plan: _short(x, t, plan, True), _short_derivative
+)
 
 
 _is_legacy_batched = torch._C._functorch.is_legacy_batchedtensor
 _grad_enabled = torch.is_grad_enabled
 _transforms_active = _function.transforms_active
 _is_compiling = _function._is_compiling
-_SHORT_APPLY = super(torch.autograd.Function, _MMShort).apply  # (see _function.apply)
+_SHORT_APPLY = _function.fast_apply(_MMShort)
 _FAST_APPLY = _function.apply
 _FLOAT32, _FLOAT64, _INT64 = torch.float32, torch.float64, torch.int64
 _SCALAR = torch.Size()

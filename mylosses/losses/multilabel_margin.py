@@ -317,37 +317,19 @@ def _short(x: Tensor, t: Tensor, plan: _Plan) -> tuple[Tensor, Tensor]:
     return loss, grad.scatter_add_(1, safe, z.nansum(2).mul_(plan.minus_scale))
 
 
-class _Short(torch.autograd.Function):
-    """The short path's loss; backward uses the gradient forward made (see above)."""
-
-    @staticmethod
-    def forward(ctx: Any, input: Tensor, target: Tensor, plan: _Plan, reduction: int) -> Tensor:
-        ctx.save_for_backward(input, target)
-        ctx.reduction = reduction
-        ctx.plan = plan
-        loss, G = _short(input, target, plan)
-        ctx.stashed_gradients = (G,)
-        return loss
-
-    @staticmethod
-    def backward(ctx: Any, grad_loss: Tensor) -> tuple:
-        grads = _function.short_backward(ctx, grad_loss, _short_again, _short_derivative)
-        return (*grads, None, None, None)
-
-
-def _short_again(ctx: Any) -> tuple[Tensor]:
-    """A retained graph's second backward: forward's computation again (the same bits)."""
-    input, target = ctx.saved_tensors
-    return (_short(input, target, ctx.plan)[1],)
-
-
-def _short_derivative(ctx: Any, grad_loss: Tensor) -> tuple[Tensor]:
+def _short_derivative(input: Tensor, target: Tensor, meta: tuple, grad_loss: Tensor) -> Tensor:
     """Double backward: the constant pattern (piecewise linear loss) times the upstream."""
-    input, target = ctx.saved_tensors
     with torch.no_grad():
-        grad = _dense(input, target, ctx.reduction, torch.Size(), True)[1]
+        grad = _dense(input, target, meta[1], torch.Size(), True)[1]
     assert grad is not None
-    return (grad * grad_loss,)
+    return grad * grad_loss
+
+
+# The short path's Function (see above): ``apply(input, target, (plan, reduction))``; backward
+# uses the gradient forward made.
+_Short = _function.short_function(
+    "_Short", lambda x, t, meta: _short(x, t, meta[0]), _short_derivative
+)
 
 
 def _upstream(grad_loss: Tensor, input: Tensor) -> Tensor:
@@ -448,7 +430,7 @@ def multilabel_margin_loss(
     if eager and torch.is_grad_enabled() and input.requires_grad:
         plan = _short_plan(input, target, red)
         if plan is not None:
-            return _function.apply(_Short, input, target, plan, red)
+            return _function.apply(_Short, input, target, (plan, red))
     if not _function.needs_autograd(input):
         x, t = _as_rows(input), _as_rows(target)
         if eager:
