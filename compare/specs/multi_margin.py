@@ -133,6 +133,17 @@ def _finish(
     ).clone(device=device)
 
 
+def _none_if_empty(kwargs: dict[str, Any], tags: list[str], head: str) -> str:
+    """An empty batch draws reduction 'none' (torch's kernels return uninitialised memory for
+    an empty 'mean' or 'sum'): the reduction label to use."""
+    if "empty" in tags and _reduction_name(kwargs) != "none":
+        kwargs.pop("size_average", None)
+        kwargs.pop("reduce", None)
+        kwargs["reduction"] = "none"
+        return "none"
+    return head
+
+
 # -- MultiMarginLoss ---------------------------------------------------------------------------
 
 
@@ -143,11 +154,7 @@ def multi_margin_case(seed: int, device: str) -> Case:
     head = d.reduction(kwargs, legacy=0.1)
     dtype = _input_dtype(d, tags)
     shape = _shape(d, tags)
-    if "empty" in tags and _reduction_name(kwargs) != "none":
-        kwargs.pop("size_average", None)
-        kwargs.pop("reduce", None)
-        kwargs["reduction"] = "none"
-        head = "none"
+    head = _none_if_empty(kwargs, tags, head)
     n = shape[0] if len(shape) == 2 else 1
     c = shape[-1] if shape else 1
 
@@ -279,11 +286,7 @@ def multilabel_margin_case(seed: int, device: str) -> Case:
     head = d.reduction(kwargs, legacy=0.1)
     dtype = _input_dtype(d, tags)
     shape = _shape(d, tags)
-    if "empty" in tags and _reduction_name(kwargs) != "none":
-        kwargs.pop("size_average", None)
-        kwargs.pop("reduce", None)
-        kwargs["reduction"] = "none"
-        head = "none"
+    head = _none_if_empty(kwargs, tags, head)
     n = shape[0] if len(shape) == 2 else 1
     c = shape[-1] if shape else 1
 
