@@ -63,7 +63,7 @@ def get_weighted_enum(reduction: str) -> int:
 
 
 def legacy_get_string(
-    size_average: bool | None, reduce: bool | None, emit_warning: bool = True
+    size_average: bool | None, reduce: bool | None, emit_warning: bool = True, stacklevel: int = 3
 ) -> str:
     """Map the deprecated ``size_average``/``reduce`` pair to a reduction name; warns as torch.
 
@@ -84,7 +84,7 @@ def legacy_get_string(
         warnings.warn(
             "size_average and reduce args will be deprecated, please use "
             f"reduction='{ret}' instead.",
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     return ret
 
@@ -94,6 +94,14 @@ def resolve(size_average: bool | None, reduce: bool | None, reduction: str) -> s
     if size_average is not None or reduce is not None:
         return legacy_get_string(size_average, reduce)
     return reduction
+
+
+def reduction_enum(size_average: bool | None, reduce: bool | None, reduction: str) -> int:
+    """The enum of the reduction a functional call asks for: the legacy pair wins when either
+    is given (its warning points at the functional's caller), else ``get_enum(reduction)``."""
+    if size_average is not None or reduce is not None:
+        return get_enum(legacy_get_string(size_average, reduce, stacklevel=4))
+    return get_enum(reduction)
 
 
 def apply_reduction(

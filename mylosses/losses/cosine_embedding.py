@@ -441,10 +441,7 @@ def cosine_embedding_loss(
             reduce=reduce,
             reduction=reduction,
         )
-    if size_average is not None or reduce is not None:
-        red = _reduction.get_enum(_reduction.legacy_get_string(size_average, reduce))
-    else:
-        red = _reduction.get_enum(reduction)
+    red = _reduction.reduction_enum(size_average, reduce, reduction)
     m = _margin(margin)
     _check_dims(input1, input2, target)
     fast = _plain(input1, input2, target)

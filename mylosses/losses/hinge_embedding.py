@@ -258,10 +258,7 @@ def hinge_embedding_loss(
             reduce=reduce,
             reduction=reduction,
         )
-    if size_average is not None or reduce is not None:
-        red = _reduction.get_enum(_reduction.legacy_get_string(size_average, reduce))
-    else:
-        red = _reduction.get_enum(reduction)
+    red = _reduction.reduction_enum(size_average, reduce, reduction)
     if type(margin) is not float:
         margin = _validation.float_argument("hinge_embedding_loss", "margin", 3, margin)
     dtype = input.dtype

@@ -319,10 +319,7 @@ def margin_ranking_loss(
             reduce=reduce,
             reduction=reduction,
         )
-    if size_average is not None or reduce is not None:
-        red = _reduction.get_enum(_reduction.legacy_get_string(size_average, reduce))
-    else:
-        red = _reduction.get_enum(reduction)
+    red = _reduction.reduction_enum(size_average, reduce, reduction)
     ndim = input1.dim()
     if input2.dim() != ndim or target.dim() != ndim:
         raise RuntimeError(

@@ -513,10 +513,7 @@ def multi_margin_loss(
                 return _function.apply(_MMShort, input, target, plan)
             except RuntimeError:
                 pass  # an out-of-range target: the general path says which
-    if size_average is not None or reduce is not None:
-        red = _reduction.get_enum(_reduction.legacy_get_string(size_average, reduce))
-    else:
-        red = _reduction.get_enum(reduction)
+    red = _reduction.reduction_enum(size_average, reduce, reduction)
     if p != 1 and p != 2:
         raise ValueError("only p == 1 and p == 2 supported")
     if weight is not None and weight.dim() != 1:

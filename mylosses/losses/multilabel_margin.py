@@ -418,10 +418,7 @@ def multilabel_margin_loss(
             reduce=reduce,
             reduction=reduction,
         )
-    if size_average is not None or reduce is not None:
-        red = _reduction.get_enum(_reduction.legacy_get_string(size_average, reduce))
-    else:
-        red = _reduction.get_enum(reduction)
+    red = _reduction.reduction_enum(size_average, reduce, reduction)
     _check(input, target)
     if input.numel() == 0 and not input.is_floating_point():
         # torch returns before its dtype checks: an empty result of the input's dtype

@@ -288,10 +288,7 @@ def soft_margin_loss(
             reduce=reduce,
             reduction=reduction,
         )
-    if size_average is not None or reduce is not None:
-        red = _reduction.get_enum(_reduction.legacy_get_string(size_average, reduce))
-    else:
-        red = _reduction.get_enum(reduction)
+    red = _reduction.reduction_enum(size_average, reduce, reduction)
     if target.requires_grad and torch.is_grad_enabled():
         raise RuntimeError(
             "The function 'soft_margin_loss' is not differentiable with respect to argument "

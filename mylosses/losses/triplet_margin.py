@@ -642,10 +642,7 @@ def triplet_margin_loss(
         loss = short(anchor, positive, negative, margin, eps, MEAN if reduction == "mean" else SUM)
         if loss is not None:
             return loss
-    if size_average is not None or reduce is not None:
-        red = _reduction.get_enum(_reduction.legacy_get_string(size_average, reduce))
-    else:
-        red = _reduction.get_enum(reduction)
+    red = _reduction.reduction_enum(size_average, reduce, reduction)
     if margin <= 0:
         raise ValueError(f"margin must be greater than 0, got {margin}")
     name = "triplet_margin_loss"
